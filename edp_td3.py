@@ -665,51 +665,59 @@ def train(args: Args) -> dict:
 
         atomic_write(os.path.join(run_dir, "summary.json"), write)
 
-    stop_signal = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
+    stop_signal = []  # SIGINT / SIGTERM end the run after the current step, with a checkpoint
+    previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
+                         for signum in (signal.SIGINT, signal.SIGTERM)}
 
     from tqdm import tqdm
 
     progress = tqdm(total=config.total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
     metric_sums, metric_count = {}, 0
     first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)  # step of the first NaN/inf loss, on device
-    while step < config.total_steps and not stop_signal:
-        metrics = agent.update(buffer.sample(config.batch_size))
-        step += 1
-        total_loss = sum(value for key, value in metrics.items() if key.endswith("loss"))
-        first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(total_loss), step, first_nonfinite)
-        for key, value in metrics.items():
-            metric_sums[key] = metric_sums.get(key, 0.0) + value
-        metric_count += 1
-        progress.update(1)
-        evaluate_now = step % config.eval_every == 0 or step == config.total_steps
-        if step % config.log_every == 0 or evaluate_now:
-            if first_nonfinite.item() >= 0:  # one host sync per log interval, not per step
-                raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; the last good checkpoint"
-                               f" is {os.path.join(run_dir, 'checkpoint_last.pt')}")
-            run.log({f"train/{key}": (value / metric_count).item() for key, value in metric_sums.items()}, step=step)
-            metric_sums, metric_count = {}, 0
-        if evaluate_now:
-            result = evaluator(agent.act)
-            evaluations.append(dict(step=step, **result))
-            rat, oms = summarize(evaluations)
-            run.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms}, step=step)
-            progress.set_postfix(score=f"{result['normalized_score']:.1f}", rat=f"{rat:.1f}", oms=f"{oms:.1f}")
-            progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return {result['return']:.1f},"
-                           f" RAT {rat:.1f}, OMS {oms:.1f}")
-            write_summary()
-            save(os.path.join(run_dir, "checkpoint_last.pt"))
-            if result["normalized_score"] >= oms:
-                save(os.path.join(run_dir, "checkpoint_best.pt"))
-    progress.close()
-    evaluator.close()
-    if stop_signal and first_nonfinite.item() < 0:
+
+    def check_finite():  # one host sync per log interval, not per step
+        if first_nonfinite.item() >= 0:
+            raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; the last good checkpoint is"
+                           f" {os.path.join(run_dir, 'checkpoint_last.pt')}")
+    try:
+        while step < config.total_steps and not stop_signal:
+            metrics = agent.update(buffer.sample(config.batch_size))
+            step += 1
+            total_loss = sum(value for key, value in metrics.items() if key.endswith("loss"))
+            first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(total_loss), step, first_nonfinite)
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + value
+            metric_count += 1
+            progress.update(1)
+            evaluate_now = step % config.eval_every == 0 or step == config.total_steps
+            if step % config.log_every == 0 or evaluate_now:
+                check_finite()
+                run.log({f"train/{key}": (value / metric_count).item() for key, value in metric_sums.items()}, step=step)
+                metric_sums, metric_count = {}, 0
+            if evaluate_now:
+                result = evaluator(agent.act)
+                evaluations.append(dict(step=step, **result))
+                rat, oms = summarize(evaluations)
+                run.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms}, step=step)
+                progress.set_postfix(score=f"{result['normalized_score']:.1f}", rat=f"{rat:.1f}", oms=f"{oms:.1f}")
+                progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return {result['return']:.1f},"
+                               f" RAT {rat:.1f}, OMS {oms:.1f}")
+                write_summary()
+                save(os.path.join(run_dir, "checkpoint_last.pt"))
+                if result["normalized_score"] >= oms:
+                    save(os.path.join(run_dir, "checkpoint_best.pt"))
+    finally:  # on every exit: the progress bar, the environments and the wandb run are closed
+        progress.close()
+        evaluator.close()
+        run.finish(exit_code=0 if first_nonfinite.item() < 0 else 1)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    if stop_signal:
+        check_finite()
         save(os.path.join(run_dir, "checkpoint_last.pt"))
         print(f"stopped by signal {stop_signal[0]} at step {step}; checkpoint saved, continue with"
               f" --resume --run-dir {run_dir}", file=sys.stderr, flush=True)
-    run.finish()
-    return dict(run_dir=run_dir, step=step, evaluations=evaluations, stopped=bool(stop_signal))
+    return dict(run_dir=run_dir, step=step, evaluations=evaluations, stopped=bool(stop_signal), agent=agent)
 
 
 def main(argv: Optional[list] = None) -> int:

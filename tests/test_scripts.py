@@ -1,0 +1,241 @@
+"""End-to-end runs of the algorithm scripts on locally made datasets, resume, and bad input."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+SCRIPTS = ["edp_td3"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tiny but complete runs: every code path, seconds each
+TINY = ["--num-diffusion-steps", "50", "--dpm-steps", "3", "--batch-size", "32", "--eas-samples", "2",
+        "--eval-episodes", "2", "--wandb-mode", "disabled", "--log-every", "5"]
+
+
+def run_main(script, *flags):
+    return importlib.import_module(script).main([*flags])
+
+
+def summary(run_dir):
+    with open(os.path.join(run_dir, "summary.json")) as file:
+        return json.load(file)
+
+
+def check_summary(result, script, env, final_step, evaluation_steps):
+    assert result["env"] == env and result["algo"] == script and result["final_step"] == final_step
+    scores = [evaluation["normalized_score"] for evaluation in result["evaluations"]]
+    assert [evaluation["step"] for evaluation in result["evaluations"]] == evaluation_steps
+    assert result["rat"] == pytest.approx(np.mean(scores[-10:])) and result["oms"] == pytest.approx(max(scores))
+    assert result["config"]["total_steps"] == final_step
+
+
+def write_hopper_hdf5(path, rewards=None, observation_dim=11, lengths=(30, 30, 30), drop=None):
+    """A small file in D4RL's format for Hopper (11-d observations, 3-d actions)."""
+    rng = np.random.default_rng(0)
+    n = sum(lengths)
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    ends = np.cumsum(lengths) - 1
+    terminals[ends[0]] = True  # the first episode falls, the others time out
+    timeouts[ends[1:]] = True
+    data = dict(observations=rng.normal(size=(n, observation_dim)).astype(np.float32) * 0.1,
+                actions=rng.uniform(-1, 1, (n, 3)).astype(np.float32),
+                rewards=rng.uniform(0, 3, n).astype(np.float32) if rewards is None else rewards,
+                terminals=terminals, timeouts=timeouts)
+    with h5py.File(path, "w") as file:
+        for key, value in data.items():
+            if key != drop:
+                file[key] = value
+    return path
+
+
+# -- end to end -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_end_to_end_flat_observations(script, datasets, tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert run_main(script, "--env", datasets["pendulum"], "--total-steps", "30", "--eval-every", "10",
+                    "--run-dir", run_dir, *TINY) == 0
+    result = summary(run_dir)
+    check_summary(result, script, datasets["pendulum"], 30, [10, 20, 30])
+    assert {"return", "normalized_score", "episode_length"} <= set(result["evaluations"][0])
+    assert result["evaluations"][0]["episode_length"] == 200  # Pendulum-v1 episodes
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        checkpoint = torch.load(os.path.join(run_dir, name), weights_only=False)
+        assert {"agent", "statistics", "evaluations", "rng", "wandb_id", "config"} <= set(checkpoint)
+
+
+def test_wandb_offline_logs_to_the_run_dir(datasets, tmp_path):
+    run_dir = str(tmp_path / "run")
+    flags = [f for f in TINY if f not in ("--wandb-mode", "disabled")]
+    assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", "10", "--eval-every", "10",
+                    "--run-dir", run_dir, "--wandb-mode", "offline", *flags) == 0
+    assert any(name.startswith("offline-run") for name in os.listdir(os.path.join(run_dir, "wandb")))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_end_to_end_dict_observations(script, datasets, tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert run_main(script, "--env", datasets["pointmaze"], "--total-steps", "20", "--eval-every", "10",
+                    "--run-dir", run_dir, *TINY) == 0
+    result = summary(run_dir)
+    check_summary(result, script, datasets["pointmaze"], 20, [10, 20])
+    assert "success_rate" in result["evaluations"][0]
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=False)
+    assert checkpoint["statistics"]["observation_mean"].shape == (6,)  # achieved_goal (2) + observation (4)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_d4rl_hdf5_file(script, datasets, tmp_path):
+    path = write_hopper_hdf5(tmp_path / "hopper.hdf5")
+    run_dir = str(tmp_path / "run")
+    assert run_main(script, "--env", "hopper-medium-replay", "--dataset-path", str(path), "--total-steps", "10",
+                    "--eval-every", "10", "--run-dir", run_dir, *TINY) == 0
+    result = summary(run_dir)
+    check_summary(result, script, "hopper-medium-replay", 10, [10])
+    evaluation = result["evaluations"][0]
+    low, high = -20.272305, 3234.3  # D4RL's hopper reference returns
+    assert evaluation["normalized_score"] == pytest.approx(100 * (evaluation["return"] - low) / (high - low))
+
+
+def test_d4rl_hdf5_transitions_follow_qlearning_dataset(tmp_path):
+    import edp_td3
+
+    path = write_hopper_hdf5(tmp_path / "hopper.hdf5", lengths=(3, 4, 5))
+    data = edp_td3.load_hdf5(edp_td3.TASKS["hopper-medium"], "hopper-medium", str(path))
+    # timeouts end episodes 2 and 3 without a next observation: those transitions are dropped
+    assert len(data.observations) == 12 - 2
+    with h5py.File(path) as file:
+        observations = np.asarray(file["observations"])
+    np.testing.assert_array_equal(data.next_observations[0], observations[1])
+    assert data.dones.sum() == 1 and data.dones[2] == 1  # termination, not timeout, is done
+    np.testing.assert_allclose(data.episode_returns.sum(), np.asarray(h5py.File(path)["rewards"]).sum(), rtol=1e-5)
+
+
+# -- runs that survive ----------------------------------------------------------------------------
+def strip_timing(evaluations):
+    return [{k: v for k, v in evaluation.items() if k != "eval_seconds"} for evaluation in evaluations]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_stop_and_resume_reproduces_the_uninterrupted_run(script, datasets, tmp_path):
+    common = ["--env", datasets["pendulum"], "--eval-every", "10", *TINY]
+    assert run_main(script, *common, "--total-steps", "30", "--run-dir", str(tmp_path / "full")) == 0
+    assert run_main(script, *common, "--total-steps", "10", "--run-dir", str(tmp_path / "part")) == 0
+    assert run_main(script, *common, "--total-steps", "30", "--run-dir", str(tmp_path / "part"), "--resume") == 0
+    full, resumed = summary(tmp_path / "full"), summary(tmp_path / "part")
+    assert resumed["final_step"] == 30 and len(resumed["evaluations"]) == 3
+    assert strip_timing(resumed["evaluations"]) == strip_timing(full["evaluations"])
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(datasets, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000",
+               "--eval-every", "5", "--run-dir", str(run_dir), *TINY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "summary.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
+    stopped_at = checkpoint["agent"]["step"]
+    assert stopped_at >= 5
+    assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", str(stopped_at + 5), "--eval-every", "5",
+                    "--run-dir", str(run_dir), "--resume", *TINY) == 0
+    assert summary(run_dir)["final_step"] == stopped_at + 5
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, tmp_path, capsys):
+    good = write_hopper_hdf5(tmp_path / "good.hdf5")
+    bad = write_hopper_hdf5(tmp_path / "bad.hdf5", rewards=np.full(90, np.nan, np.float32))
+    common = ["--env", "hopper-medium", "--eval-every", "10", "--run-dir", str(tmp_path / "run"), *TINY]
+    assert run_main("edp_td3", *common, "--dataset-path", str(good), "--total-steps", "10") == 0
+    before = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    capsys.readouterr()
+    assert run_main("edp_td3", *common, "--dataset-path", str(bad), "--total-steps", "20", "--resume") == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error:") and "NaN or inf at step 11" in error
+    after = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert after["agent"]["step"] == before["agent"]["step"] == 10
+    assert summary(tmp_path / "run")["final_step"] == 10
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def bad_input_cases(tmp_path, datasets):
+    garbage = tmp_path / "garbage.hdf5"
+    garbage.write_bytes(b"not an hdf5 file")
+    short = write_hopper_hdf5(tmp_path / "short.hdf5")
+    with h5py.File(short, "a") as file:
+        del file["rewards"]
+        file["rewards"] = np.zeros(10, np.float32)
+    pendulum = ["--env", datasets["pendulum"], *TINY]
+    return {
+        "unknown task": (["--env", "hoper-medium"], "did you mean hopper-medium"),
+        "not on Minari": (["--env", "hopper-medium-replay"], "--dataset-path"),
+        "not downloaded": (["--env", "antmaze-umaze"], "minari download D4RL/antmaze/umaze-v1"),
+        "no such file": (["--env", "hopper-medium", "--dataset-path", str(tmp_path / "none.hdf5")], "no such file"),
+        "unreadable": (["--env", "hopper-medium", "--dataset-path", str(garbage)], "cannot read"),
+        "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "differ in length"),
+        "missing keys": (["--env", "hopper-medium", "--dataset-path",
+                          str(write_hopper_hdf5(tmp_path / "nokey.hdf5", drop="timeouts"))], "lacks timeouts"),
+        "wrong spaces": (["--env", "walker2d-medium", "--dataset-path", str(write_hopper_hdf5(tmp_path / "w.hdf5"))],
+                         "do not match"),
+        "batch size": ([*pendulum, "--batch-size", "0"], "--batch-size must be at least 1"),
+        "gamma": ([*pendulum, "--gamma", "1.5"], "gamma"),
+        "schedule": ([*pendulum, "--num-diffusion-steps", "10"], "beta outside"),
+        "no cuda": ([*pendulum, "--device", "cuda"], "no CUDA device"),
+        "resume without dir": ([*pendulum, "--resume"], "--resume needs --run-dir"),
+        "resume without checkpoint": ([*pendulum, "--resume", "--run-dir", str(tmp_path)], "no checkpoint"),
+    }
+
+
+CASES = ["unknown task", "not on Minari", "not downloaded", "no such file", "unreadable", "inconsistent",
+         "missing keys", "wrong spaces", "batch size", "gamma", "schedule", "no cuda", "resume without dir",
+         "resume without checkpoint"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_code_2(case, datasets, tmp_path, capsys):
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    flags, message = bad_input_cases(tmp_path, datasets)[case]
+    assert run_main("edp_td3", *flags) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("error:") and message in error, error
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(datasets, tmp_path):
+    process = subprocess.run([sys.executable, "edp_td3.py", "--env", "walker2d-meduim"], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert process.returncode == 2
+    assert process.stderr.strip() == ("error: unknown task 'walker2d-meduim' (give a paper task or a Minari dataset id"
+                                      " such as D4RL/pen/human-v2); did you mean walker2d-medium, walker2d-medium-replay,"
+                                      " walker2d-medium-expert?")
+
+
+def test_resume_refuses_another_tasks_checkpoint_and_new_runs_refuse_to_overwrite(datasets, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", "5", "--eval-every", "5",
+                    "--run-dir", run_dir, *TINY) == 0
+    capsys.readouterr()
+    assert run_main("edp_td3", "--env", datasets["pointmaze"], "--run-dir", run_dir, "--resume", *TINY) == 2
+    assert "belongs to edp_td3 on edp/pendulum-mixed-v0" in capsys.readouterr().err
+    assert run_main("edp_td3", "--env", datasets["pendulum"], "--run-dir", run_dir, *TINY) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_help_documents_every_flag():
+    process = subprocess.run([sys.executable, "edp_td3.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 0
+    for flag in ("--env", "--dataset-path", "--eas-samples", "--no-action-approx", "--wandb-mode", "--resume",
+                 "--dpm-steps", "--num-diffusion-steps", "--compile", "--sampler"):
+        assert flag in process.stdout
