@@ -360,9 +360,7 @@ def prepare_data(config, task: Task) -> tuple:
 # ---8<--- end shared: data ---
 
 
-# ==============================================================================================
-# Algorithm: twin critics + the diffusion policy, trained with TD3(+BC) (Alg. 1, App. A.1)
-# ==============================================================================================
+# ---8<--- shared: networks ---
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
     """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
     return nn.Sequential(
@@ -386,10 +384,31 @@ class TwinCritic(nn.Module):
         return torch.min(*self(state, action))
 
 
+@torch.no_grad()
+def polyak(target: nn.Module, source: nn.Module, tau: float):
+    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+@torch.no_grad()
+def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
+    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
+    if step < config.ema_start:
+        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
+    elif step % config.ema_every == 0:
+        polyak(ema_policy, policy, config.ema_tau)
+# ---8<--- end shared: networks ---
+
+
+# ==============================================================================================
+# Algorithm: twin critics + the diffusion policy, trained with TD3(+BC) (Alg. 1, App. A.1)
+# ==============================================================================================
 class EDPTD3:
     """update(batch) does one TD3 step: the critics (Eq. 6), then the policy (L_diff + eta * L_pi)."""
 
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
+        if config.eta < 0 or config.alpha <= 0:
+            raise UsageError("need --eta >= 0 and --alpha > 0")
         self.config = config
         self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule).to(device)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
@@ -447,12 +466,8 @@ class EDPTD3:
         self.policy_optimizer.step()
         self.critic.requires_grad_(True)
 
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.config.tau)
-            if self.step < self.config.ema_start:
-                torch._foreach_copy_(list(self.ema_policy.parameters()), list(self.policy.parameters()))
-            elif self.step % self.config.ema_every == 0:
-                torch._foreach_lerp_(list(self.ema_policy.parameters()), list(self.policy.parameters()), self.config.ema_tau)
+        polyak(self.critic_target, self.critic, self.config.tau)
+        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
         return dict(critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(), diffusion_loss=diffusion_loss.detach(),
                     q_loss=q_loss.detach(), q_mean=q.detach().mean(), critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
 

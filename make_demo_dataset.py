@@ -38,12 +38,12 @@ DATASET_IDS = {"pendulum": "edp/pendulum-mixed-v0", "pointmaze": "edp/pointmaze-
 class OneStepModesEnv(gym.Env):
     """One step per episode: pick a 2-D action; the reward depends on the nearest of four modes.
 
-    Mode rewards are 0.0, 0.3, 0.6, 1.0 (corners in that order); the behaviour data chooses them
+    Mode rewards are 0, 1, 2 and 4 (corners in that order); the behaviour data chooses them
     with probabilities 0.4, 0.3, 0.2, 0.1, so the best mode is the rarest in the data.
     """
 
     MODES = np.array([[0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]], dtype=np.float32)
-    MODE_REWARDS = np.array([0.0, 0.3, 0.6, 1.0], dtype=np.float32)
+    MODE_REWARDS = np.array([0.0, 1.0, 2.0, 4.0], dtype=np.float32)
     DATA_PROPORTIONS = np.array([0.4, 0.3, 0.2, 0.1])
 
     def __init__(self):

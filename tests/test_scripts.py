@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPTS = ["edp_td3"]
+SCRIPTS = ["edp_td3", "edp_crr", "edp_iql"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny but complete runs: every code path, seconds each
 TINY = ["--num-diffusion-steps", "50", "--dpm-steps", "3", "--batch-size", "32", "--eas-samples", "2",
@@ -233,9 +233,38 @@ def test_resume_refuses_another_tasks_checkpoint_and_new_runs_refuse_to_overwrit
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_help_documents_every_flag():
-    process = subprocess.run([sys.executable, "edp_td3.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+ALGORITHM_FLAGS = {"edp_td3": ["--no-action-approx", "--eta", "--max-q-backup"],
+                   "edp_crr": ["--likelihood", "--learn-std", "--beta", "--advantage-samples"],
+                   "edp_iql": ["--likelihood", "--learn-std", "--expectile", "--temperature"]}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_flag(script):
+    process = subprocess.run([sys.executable, f"{script}.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0
-    for flag in ("--env", "--dataset-path", "--eas-samples", "--no-action-approx", "--wandb-mode", "--resume",
-                 "--dpm-steps", "--num-diffusion-steps", "--compile", "--sampler"):
-        assert flag in process.stdout
+    for flag in ("--env", "--dataset-path", "--seed", "--device", "--total-steps", "--batch-size", "--eval-every",
+                 "--eval-episodes", "--eas-samples", "--sampler", "--dpm-steps", "--num-diffusion-steps", "--run-dir",
+                 "--resume", "--wandb-mode", "--wandb-project", "--compile", *ALGORITHM_FLAGS[script]):
+        assert flag in process.stdout, flag
+
+
+@pytest.mark.parametrize("script,flags,message", [
+    ("edp_td3", ["--eta", "-1"], "--eta >= 0"),
+    ("edp_crr", ["--beta", "0"], "--beta > 0"),
+    ("edp_iql", ["--expectile", "1.2"], "0 < --expectile < 1"),
+])
+def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets, capsys):
+    assert run_main(script, "--env", datasets["pendulum"], *TINY, *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_iql_antmaze_presets_are_the_authors():
+    import edp_iql
+
+    config = edp_iql.resolve_config(edp_iql.Args(env="antmaze-medium-play"), edp_iql.TASKS["antmaze-medium-play"])
+    assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == ("antmaze-iql", 0.9, True, 100)
+    assert (config.total_steps, config.eval_every, config.lr) == (1_000_000, 10_000, 3e-4)
+    import edp_td3
+
+    config = edp_td3.resolve_config(edp_td3.Args(env="kitchen-mixed", eta=0.5), edp_td3.TASKS["kitchen-mixed"])
+    assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", True)  # flags win
