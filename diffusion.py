@@ -64,6 +64,38 @@ def make_beta_schedule(name: str, num_steps: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # 2. Noise-prediction network eps_theta(a_k, k; s)
 # ----------------------------------------------------------------------------------------------
+class _MishFunction(torch.autograd.Function):
+    """mish(x) = x tanh(softplus(x)) = x n / (n + 2) with n = e^x (e^x + 2): one exp, no log or tanh.
+
+    On a 2-core CPU this is 2.3x faster forward than aten's mish (53 vs 123 us at 256 x 256), which
+    was 45% of an EDP training step (benchmark_speed.py); tests/test_diffusion.py checks it exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        e = x.clamp(max=20.0).exp_()  # beyond 20, tanh(softplus(x)) is 1 in float32
+        n = e.add(2.0).mul_(e)
+        t = n.div_(n.add(2.0))  # tanh(softplus(x))
+        ctx.save_for_backward(x, t, e)
+        return x * t
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, t, e = ctx.saved_tensors
+        sigmoid = e / (e + 1.0)
+        # d/dx [x t(x)] = t + x (1 - t^2) sigmoid(x)
+        return grad * t.mul(t).neg_().add_(1.0).mul_(sigmoid).mul_(x).add_(t)
+
+
+class Mish(nn.Module):
+    """The same values as torch's Mish, computed faster (see _MishFunction)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= 4096:  # up to ~16 rows of 256 aten's single kernel is faster (10 vs 19 us)
+            return F.mish(x)
+        return _MishFunction.apply(x)
+
+
 class SinusoidalStepEmbedding(nn.Module):
     """Sinusoidal embedding of the (possibly fractional) step index, [cos, sin] of dim // 2 freqs."""
 
@@ -86,16 +118,16 @@ class NoiseNetwork(nn.Module):
         self.step_mlp = nn.Sequential(
             SinusoidalStepEmbedding(step_dim),
             nn.Linear(step_dim, step_dim * 2),
-            nn.Mish(),
+            Mish(),
             nn.Linear(step_dim * 2, step_dim),
         )
         self.mlp = nn.Sequential(
             nn.Linear(state_dim + action_dim + step_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.Mish(),
+            Mish(),
             nn.Linear(hidden_dim, action_dim),
         )
 

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from diffusion import DiffusionPolicy, energy_based_action_selection, make_beta_schedule
+from diffusion import DiffusionPolicy, Mish, energy_based_action_selection, make_beta_schedule
 
 # ---8<--- end shared: imports ---
 
@@ -369,9 +369,9 @@ def prepare_data(config, task: Task) -> tuple:
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
     """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+        nn.Linear(in_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -450,7 +450,8 @@ class EDPCRR:
             n = self.config.advantage_samples
             sigma = self.policy.log_std.clamp(-5.0, 2.0).exp()
             samples = approximation.action.repeat_interleave(n, dim=0)
-            samples = (samples + sigma * torch.randn_like(samples)).clamp(-1.0, 1.0)  # a_j ~ N(a0_hat, sigma^2 I)
+            # a_j ~ N(a0_hat, sigma^2 I), clipped to the action range the critics know (our choice)
+            samples = (samples + sigma * torch.randn_like(samples)).clamp(-1.0, 1.0)
             q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
             weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
         if self.config.likelihood == "gaussian":
@@ -484,6 +485,7 @@ class EDPCRR:
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
         """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
+        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
         return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
                                              self.config.eas_temperature, **self.sample_kwargs)
 

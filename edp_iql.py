@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from diffusion import DiffusionPolicy, energy_based_action_selection, make_beta_schedule
+from diffusion import DiffusionPolicy, Mish, energy_based_action_selection, make_beta_schedule
 
 # ---8<--- end shared: imports ---
 
@@ -372,9 +372,9 @@ def prepare_data(config, task: Task) -> tuple:
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
     """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+        nn.Linear(in_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -489,6 +489,7 @@ class EDPIQL:
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
         """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
+        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
         return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
                                              self.config.eas_temperature, **self.sample_kwargs)
 

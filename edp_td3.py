@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from diffusion import DiffusionPolicy, energy_based_action_selection, make_beta_schedule
+from diffusion import DiffusionPolicy, Mish, energy_based_action_selection, make_beta_schedule
 
 # ---8<--- end shared: imports ---
 
@@ -364,9 +364,9 @@ def prepare_data(config, task: Task) -> tuple:
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
     """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-        nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+        nn.Linear(in_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, out_dim),
     )
 
@@ -444,8 +444,8 @@ class EDPTD3:
         else:  # Diffusion-QL: sample through the whole chain and back-propagate through it
             diffusion_loss = self.policy.loss(state, action)
             new_action = self.policy.sample(state, requires_grad=True, **self.sample_kwargs)
-        q1, q2 = self.critic(state, new_action)
-        q = q1 if random.random() < 0.5 else q2  # App. A.1: Q1 or Q2 with equal probability
+        head = self.critic.q1 if random.random() < 0.5 else self.critic.q2  # App. A.1: Q1 or Q2, equal odds
+        q = head(torch.cat([state, new_action], dim=-1))
         lam = self.config.alpha / q.abs().mean().detach()
         q_loss = -lam * q.mean()  # Eq. 10 with TD3+BC's normalisation
         return diffusion_loss + self.config.eta * q_loss, diffusion_loss, q_loss
@@ -474,6 +474,7 @@ class EDPTD3:
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
         """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
+        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
         return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
                                              self.config.eas_temperature, **self.sample_kwargs)
 

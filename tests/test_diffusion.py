@@ -266,3 +266,18 @@ def test_bad_schedule_arguments_raise_clear_errors():
         DiffusionPolicy(3, 2, schedule="quadratic")
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         DiffusionPolicy(3, 2, num_steps=0)
+
+
+def test_fast_mish_matches_torch_mish_in_value_and_gradient():
+    from diffusion import Mish
+
+    x = (torch.randn(20_000, dtype=torch.float64) * 8).requires_grad_()
+    reference = torch.nn.functional.mish(x)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), x)
+    value = Mish()(x)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-10, atol=1e-10)
+    x32 = torch.tensor([-100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e4]).repeat(1000)  # above the size switch
+    torch.testing.assert_close(Mish()(x32), torch.nn.functional.mish(x32))
+    torch.autograd.gradcheck(Mish(), (torch.randn(5000, dtype=torch.float64, requires_grad=True),))

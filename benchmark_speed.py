@@ -1,0 +1,309 @@
+"""Training and sampling speed of EDP and its ablations (paper Fig. 2, App. C.5), on this machine.
+
+    python benchmark_speed.py --json speed.json --plot speed.png
+    python benchmark_speed.py --quick            # under two minutes on a 2-core CPU (CI smoke test)
+
+Training: iterations per second of the real update step of edp_td3.py (imported, not rewritten) on a
+synthetic batch with the paper's testbed shapes (walker2d: 17-d state, 6-d action, batch 256):
+
+  dql         Diffusion-QL: DDPM chain for the TD target, and back-propagation through it for L_pi
+  edp_no_dpm  action approximation; DDPM chain for the TD target
+  edp_no_ap   DPM-Solver for the TD target and, with gradients, for L_pi (no action approximation)
+  edp         action approximation + DPM-Solver (K = 1000, as the paper trains EDP)
+  td3bc_ff    a feed-forward TD3+BC policy of the same 3 x 256 backbone (App. C.5)
+
+The ablations use K = 100, the authors' released default, since a K = 1000 DDPM chain per training
+step is what EDP exists to avoid (Diffusion-QL itself uses K = 5..100). EDP's cost does not depend on K.
+
+Sampling: environment steps per second in a real Walker2d-v5 with EAS (10 candidates) for each
+variant's sampler; and evaluation throughput with 10 episodes stepped together (edp_td3.Evaluator)
+versus one episode at a time. The limit: this machine's matrix-multiply throughput at the network's
+shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fraction reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.flop_counter import FlopCounterMode
+
+import edp_td3
+
+STATE_DIM, ACTION_DIM, BATCH = 17, 6, 256  # walker2d, paper Fig. 2 testbed
+VARIANTS = {  # name: (K, action approximation, sampler)
+    "dql": (100, False, "ddpm"),
+    "edp_no_dpm": (100, True, "ddpm"),
+    "edp_no_ap": (100, False, "dpm"),
+    "edp": (1000, True, "dpm"),
+}
+
+
+@dataclass
+class Args:
+    json: Optional[str] = None
+    """write the results to this JSON file"""
+    plot: Optional[str] = None
+    """write a bar chart in the manner of Fig. 2 to this PNG file"""
+    quick: bool = False
+    """fewer iterations: a smoke test in under two minutes on a 2-core CPU"""
+    device: str = "auto"
+    """cpu, cuda, or auto"""
+    compile: bool = False
+    """torch.compile the networks before timing"""
+    seed: int = 0
+
+
+# ---- the feed-forward TD3+BC baseline (App. C.5): the same 3 x 256 backbone, deterministic actor ----
+class TD3BCFeedForward:
+    """TD3+BC (Fujimoto & Gu 2021) with edp_td3's critics: a comparator, not part of the project."""
+
+    def __init__(self, config: edp_td3.Args, device: torch.device):
+        self.actor = edp_td3.mlp(STATE_DIM, ACTION_DIM).to(device)
+        self.actor_target = edp_td3.mlp(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        self.critic = edp_td3.TwinCritic(STATE_DIM, ACTION_DIM).to(device)
+        self.critic_target = edp_td3.TwinCritic(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.config = config
+
+    def update(self, batch: dict) -> dict:
+        with torch.no_grad():
+            noise = (0.2 * torch.randn_like(batch["actions"])).clamp(-0.5, 0.5)
+            next_action = (torch.tanh(self.actor_target(batch["next_observations"])) + noise).clamp(-1, 1)
+            next_q = self.critic_target.q_min(batch["next_observations"], next_action)
+            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q
+        q1, q2 = self.critic(batch["observations"], batch["actions"])
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        action = torch.tanh(self.actor(batch["observations"]))
+        q = self.critic(batch["observations"], action)[0]
+        actor_loss = -2.5 / q.abs().mean().detach() * q.mean() + F.mse_loss(action, batch["actions"])
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        edp_td3.polyak(self.critic_target, self.critic, self.config.tau)
+        edp_td3.polyak(self.actor_target, self.actor, self.config.tau)
+        return dict(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach())
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.actor(state))
+
+
+# ---- set-up -----------------------------------------------------------------------------------------
+def make_config(device: str, num_diffusion_steps: int = 1000, action_approx: bool = True, sampler: str = "dpm"):
+    """edp_td3's configuration with its locomotion presets (Table 3)."""
+    args = edp_td3.Args(env="walker2d-medium-expert", device=device, num_diffusion_steps=num_diffusion_steps,
+                        action_approx=action_approx, sampler=sampler, eval_episodes=10)
+    return edp_td3.resolve_config(args, edp_td3.TASKS["walker2d-medium-expert"])
+
+
+def synthetic_batch(device: torch.device) -> dict:
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    tensors = dict(observations=torch.randn(BATCH, STATE_DIM, generator=generator),
+                   actions=torch.rand(BATCH, ACTION_DIM, generator=generator) * 2 - 1,
+                   rewards=torch.randn(BATCH, 1, generator=generator),
+                   next_observations=torch.randn(BATCH, STATE_DIM, generator=generator),
+                   dones=torch.zeros(BATCH, 1))
+    return {key: value.to(device) for key, value in tensors.items()}
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rate(run: Callable[[], int], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median over `repeats` of (work units / second) of run(), after `warmup` calls."""
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        units = run()
+        synchronize(device)
+        rates.append(units / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+# ---- measurements -------------------------------------------------------------------------------------
+def train_ips(agent, batch: dict, device: torch.device, iterations: int, repeats: int) -> float:
+    def run():
+        for _ in range(iterations):
+            agent.update(batch)
+        return iterations
+
+    return rate(run, device, warmup=1, repeats=repeats)
+
+
+def sample_sps(agent, device: torch.device, env_steps: int, repeats: int) -> float:
+    """Environment steps per second in a real Walker2d-v5, one EAS (10 candidates) call per step."""
+    env = gym.make("Walker2d-v5")
+    observation, _ = env.reset(seed=0)
+
+    def run():
+        nonlocal observation
+        for _ in range(env_steps):
+            state = torch.as_tensor(observation, dtype=torch.float32, device=device)[None]
+            action = agent.act(state)[0].cpu().numpy()
+            observation, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                observation, _ = env.reset()
+        return env_steps
+
+    result = rate(run, device, warmup=1, repeats=repeats)
+    env.close()
+    return result
+
+
+def evaluation_sps(agent, config, device: torch.device, episodes: int) -> tuple:
+    """edp_td3.Evaluator: `episodes` episodes stepped together versus one episode at a time."""
+    statistics_ = dict(observation_mean=np.zeros(STATE_DIM, np.float32), observation_std=np.ones(STATE_DIM, np.float32),
+                       action_low=-np.ones(ACTION_DIM, np.float32), action_high=np.ones(ACTION_DIM, np.float32))
+    make_env = lambda: gym.make("Walker2d-v5")  # noqa: E731
+
+    def steps_per_second(evaluators):
+        start, steps = time.perf_counter(), 0
+        for evaluator in evaluators:
+            steps += evaluator(agent.act)["episode_length"] * evaluator.episodes
+            evaluator.close()
+        return steps / (time.perf_counter() - start)
+
+    together = [edp_td3.Evaluator(make_env, episodes, 0, statistics_, "locomotion", None, device)]
+    one_by_one = [edp_td3.Evaluator(make_env, 1, i, statistics_, "locomotion", None, device) for i in range(episodes)]
+    return steps_per_second(together), steps_per_second(one_by_one)
+
+
+def gemm_shapes(agent, batch: dict) -> dict:
+    """(M, K, N) -> count of every matrix multiply in one training iteration, from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
+        agent.update(batch)
+    shapes = {}
+    for event in profiler.events():
+        if event.name in ("aten::mm", "aten::addmm"):  # addmm's inputs: bias, mat1, mat2, beta, alpha
+            (m, k), (_, n) = event.input_shapes[1:3] if event.name == "aten::addmm" else event.input_shapes[:2]
+            shapes[(m, k, n)] = shapes.get((m, k, n), 0) + 1
+    return shapes
+
+
+def gemm_gflops(shapes: dict, device: torch.device, repeats: int) -> float:
+    """The machine's matrix-multiply throughput at these shapes: total FLOPs over the summed time of
+    each shape multiplied on its own, back to back (the best these GEMMs can do here)."""
+    total_flops, total_seconds = 0.0, 0.0
+    for (m, k, n), count in shapes.items():
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        calls = max(10, int(2e8 // (2 * m * k * n)))  # about 0.2 GFLOP per timing
+
+        def run():
+            for _ in range(calls):
+                torch.mm(a, b)
+            return calls
+
+        calls_per_second = rate(run, device, warmup=1, repeats=repeats)
+        total_flops += count * 2 * m * k * n
+        total_seconds += count / calls_per_second
+    return total_flops / total_seconds / 1e9
+
+
+def update_flops(agent, batch: dict) -> int:
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
+    return counter.get_total_flops()
+
+
+# ---- report -------------------------------------------------------------------------------------------
+def plot(results: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["variants"])
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, key, title in [(axes[0], "train_ips", "training (iterations / s)"),
+                             (axes[1], "sample_sps", "sampling with EAS (env steps / s)")]:
+        values = [results["variants"][name][key] for name in names]
+        bars = axis.bar(names, values, color=["#999999", "#7aa6c2", "#c2a37a", "#d9534f", "#5cb85c"][: len(names)])
+        axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], fontsize=8)
+        axis.set_title(title)
+        axis.tick_params(axis="x", rotation=20)
+    figure.suptitle(f"EDP speed on {results['device']} (torch {results['torch']}, {results['threads']} threads)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(args: Args) -> dict:
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(args.seed)
+    iterations, repeats, env_steps = (3, 3, 5) if args.quick else (20, 5, 50)
+    batch = synthetic_batch(device)
+    results = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   torch=torch.__version__, threads=torch.get_num_threads(), variants={})
+    agents = {}
+    for name, (num_steps, action_approx, sampler) in VARIANTS.items():
+        config = make_config(str(device), num_steps, action_approx, sampler)
+        agent = agents[name] = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, config, device)
+        if args.compile:
+            agent.compile()
+        # the slow rows need fewer iterations for the same timing precision
+        scale = max(1, iterations // (4 if sampler == "ddpm" else 1))
+        results["variants"][name] = dict(train_ips=train_ips(agent, batch, device, scale, repeats),
+                                         sample_sps=sample_sps(agent, device, max(2, env_steps // (10 if sampler == "ddpm" else 1)), repeats),
+                                         num_diffusion_steps=num_steps, sampler=sampler,
+                                         steps=config.dpm_steps if sampler == "dpm" else num_steps)
+        print(f"{name:11s} K={num_steps:<5d} {sampler:4s} train {results['variants'][name]['train_ips']:8.2f} it/s"
+              f"   sample {results['variants'][name]['sample_sps']:8.2f} steps/s", flush=True)
+    feed_forward = TD3BCFeedForward(make_config(str(device)), device)
+    results["variants"]["td3bc_ff"] = dict(train_ips=train_ips(feed_forward, batch, device, iterations * 5, repeats),
+                                           sample_sps=sample_sps(feed_forward, device, env_steps * 5, repeats),
+                                           num_diffusion_steps=0, sampler="none", steps=0)
+    print(f"{'td3bc_ff':11s} {'':12s} train {results['variants']['td3bc_ff']['train_ips']:8.2f} it/s"
+          f"   sample {results['variants']['td3bc_ff']['sample_sps']:8.2f} steps/s", flush=True)
+
+    vectorized, sequential = evaluation_sps(agents["edp"], make_config(str(device)), device, 3 if args.quick else 10)
+    results["eval"] = dict(vectorized_sps=vectorized, sequential_sps=sequential)
+    shapes = gemm_shapes(agents["edp"], batch)
+    limit = gemm_gflops(shapes, device, repeats)
+    peak = gemm_gflops({(BATCH, 256, 256): 1}, device, repeats)
+    flops = update_flops(agents["edp"], batch)
+    achieved = flops * results["variants"]["edp"]["train_ips"] / 1e9
+    results["roofline"] = dict(gemm_gflops=limit, edp_flops_per_iter=flops, edp_achieved_gflops=achieved,
+                               edp_fraction=achieved / limit, gemm_peak_gflops=peak)
+    edp, dql = results["variants"]["edp"], results["variants"]["dql"]
+    print(f"evaluation: {vectorized:.1f} env steps/s with the episodes stepped together, {sequential:.1f} one at a time")
+    print(f"edp vs dql: training {edp['train_ips'] / dql['train_ips']:.1f}x (paper 5.2x with JAX DQL),"
+          f" sampling {edp['sample_sps'] / dql['sample_sps']:.1f}x (paper 3.3x)")
+    print(f"limit: matmul {limit:.1f} GFLOP/s at the {len(shapes)} GEMM shapes of an EDP iteration ({peak:.1f} at"
+          f" 256x256x256); one EDP iteration is {flops / 1e9:.3f} GFLOP, achieved {achieved:.1f} GFLOP/s ="
+          f" {100 * achieved / limit:.0f}% of the limit")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(results, file, indent=1)
+    if args.plot:
+        plot(results, args.plot)
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
+    sys.exit(0)

@@ -1,0 +1,23 @@
+"""benchmark_speed.py --quick as a smoke test: it runs and its output has the promised structure.
+Speed itself is never asserted in a test; the targets are met (or not) in the benchmark's own run."""
+
+import json
+
+import benchmark_speed
+
+
+def test_quick_benchmark_writes_json_and_plot(tmp_path):
+    json_path, plot_path = tmp_path / "speed.json", tmp_path / "speed.png"
+    benchmark_speed.main(benchmark_speed.Args(quick=True, json=str(json_path), plot=str(plot_path)))
+    results = json.loads(json_path.read_text())
+    assert {"device", "torch", "threads", "variants", "eval", "roofline"} <= set(results)
+    assert set(results["variants"]) == {"dql", "edp_no_dpm", "edp_no_ap", "edp", "td3bc_ff"}
+    for row in results["variants"].values():
+        assert set(row) == {"train_ips", "sample_sps", "num_diffusion_steps", "sampler", "steps"}
+        assert row["train_ips"] > 0 and row["sample_sps"] > 0
+    assert results["variants"]["edp"]["num_diffusion_steps"] == 1000 and results["variants"]["edp"]["steps"] == 15
+    assert set(results["eval"]) == {"vectorized_sps", "sequential_sps"}
+    assert set(results["roofline"]) == {"gemm_gflops", "edp_flops_per_iter", "edp_achieved_gflops", "edp_fraction",
+                                      "gemm_peak_gflops"}
+    assert results["roofline"]["edp_flops_per_iter"] > 0
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
