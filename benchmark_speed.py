@@ -246,6 +246,7 @@ def plot(results: dict, path: str):
         axis.bar_label(bars, labels=[f"{value:.1f}" for value in values], fontsize=8)
         axis.set_title(title)
         axis.tick_params(axis="x", rotation=20)
+    axes[1].set_yscale("log")  # the feed-forward policy samples ~20x faster than any diffusion row
     figure.suptitle(f"EDP speed on {results['device']} (torch {results['torch']}, {results['threads']} threads)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -119,6 +119,8 @@ class Args:
     """wandb logging; offline needs no account (sync later with `wandb sync`)"""
     wandb_project: str = "edp"
     """wandb project"""
+    wandb_group: Optional[str] = None
+    """wandb group of the run (reproduce.py sets one per sweep)"""
     log_every: int = 1000
     """gradient steps between training-metric logs"""
     compile: bool = False
@@ -680,7 +682,7 @@ def train(args: Args) -> dict:
 
     wandb_id = wandb_id or secrets.token_hex(4)
     run = wandb.init(project=config.wandb_project, mode=config.wandb_mode, dir=run_dir, id=wandb_id, resume="allow",
-                     name=os.path.basename(run_dir), config=config_dict)
+                     name=os.path.basename(run_dir), group=config.wandb_group, config=config_dict)
 
     def save(path: str):
         state = dict(algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), statistics=statistics,

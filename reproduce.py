@@ -1,0 +1,348 @@
+"""Reproduce the paper's tables: edp_{td3,crr,iql}.py x tasks x seeds on Ray, then tables and plots.
+
+    python reproduce.py --domains antmaze kitchen adroit            # 3 algorithms x 11 tasks x 5 seeds
+    python reproduce.py --domains locomotion --d4rl-dir ~/d4rl      # needs D4RL's HDF5 files
+    python reproduce.py --address auto ...                          # on a running Ray cluster
+    python reproduce.py --report-only --out-dir sweeps/paper        # tables and plots from the files
+
+Each run is one of the three scripts with its presets, in <out-dir>/runs/<algo>/<task>/seed<k>.
+A run that finished (its done.json) is skipped; an interrupted one (a checkpoint but no done.json)
+continues with --resume. From the runs' summary.json files it writes, next to the paper's numbers:
+  table2.md / .csv   RAT, mean +- std over seeds, by task and domain average (paper Table 2)
+  table5.md / .csv   RAT and OMS side by side (paper Table 5)
+  curves/<task>.png  normalised score per evaluation, its running average and the best so far
+                     (paper Fig. 3), mean over seeds with the spread shaded
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+ALGORITHMS = ("td3", "crr", "iql")
+DOMAIN_TASKS = {
+    "locomotion": [f"{robot}-{quality}" for quality in ("medium", "medium-replay", "medium-expert")
+                   for robot in ("halfcheetah", "hopper", "walker2d")],
+    "antmaze": [f"antmaze-{maze}" for maze in ("umaze", "umaze-diverse", "medium-play", "medium-diverse",
+                                                "large-play", "large-diverse")],
+    "adroit": ["pen-human", "pen-cloned"],
+    "kitchen": ["kitchen-complete", "kitchen-partial", "kitchen-mixed"],
+}
+# The paper's Table 5 (RAT = "Average", OMS = "Best"; Table 2's EDP columns are the same RAT):
+# task -> algorithm -> (RAT, OMS). Published facts, kept here in one place.
+PAPER = {
+    "halfcheetah-medium": dict(td3=(52.1, 52.8), crr=(49.2, 50.2), iql=(48.1, 48.7)),
+    "hopper-medium": dict(td3=(81.9, 98.6), crr=(78.7, 95.0), iql=(63.1, 97.3)),
+    "walker2d-medium": dict(td3=(86.9, 89.6), crr=(82.5, 85.8), iql=(85.4, 88.7)),
+    "halfcheetah-medium-replay": dict(td3=(49.4, 50.4), crr=(43.5, 47.8), iql=(43.8, 45.5)),
+    "hopper-medium-replay": dict(td3=(101.0, 102.7), crr=(99.0, 101.7), iql=(99.1, 100.9)),
+    "walker2d-medium-replay": dict(td3=(94.9, 97.7), crr=(63.3, 89.8), iql=(84.0, 93.4)),
+    "halfcheetah-medium-expert": dict(td3=(95.5, 97.1), crr=(85.6, 93.5), iql=(86.7, 80.9)),
+    "hopper-medium-expert": dict(td3=(97.4, 112.0), crr=(92.9, 109.4), iql=(99.6, 95.7)),
+    "walker2d-medium-expert": dict(td3=(110.2, 112.0), crr=(110.1, 112.3), iql=(109.0, 111.5)),
+    "kitchen-complete": dict(td3=(61.5, 93.4), crr=(73.9, 95.8), iql=(75.5, 95.0)),
+    "kitchen-partial": dict(td3=(52.8, 66.0), crr=(40.0, 56.7), iql=(46.3, 72.5)),
+    "kitchen-mixed": dict(td3=(60.8, 88.0), crr=(46.1, 59.2), iql=(56.5, 70.0)),
+    "pen-human": dict(td3=(48.2, 60.0), crr=(70.2, 127.8), iql=(72.7, 130.3)),
+    "pen-cloned": dict(td3=(15.9, 64.0), crr=(54.0, 106.0), iql=(70.0, 138.2)),
+    "antmaze-umaze": dict(td3=(96.6, 98.3), crr=(95.9, 98.0), iql=(94.2, 98.0)),
+    "antmaze-umaze-diverse": dict(td3=(69.5, 79.9), crr=(15.9, 80.0), iql=(79.0, 90.0)),
+    "antmaze-medium-play": dict(td3=(0.0, 89.1), crr=(33.5, 82.0), iql=(81.8, 89.0)),
+    "antmaze-medium-diverse": dict(td3=(6.4, 97.0), crr=(32.7, 72.0), iql=(82.3, 88.0)),
+    "antmaze-large-play": dict(td3=(1.6, 71.5), crr=(26.0, 57.0), iql=(42.3, 52.0)),
+    "antmaze-large-diverse": dict(td3=(4.4, 73.0), crr=(58.5, 71.0), iql=(60.6, 68.0)),
+}
+
+
+@dataclass
+class Args:
+    domains: list[str] = field(default_factory=lambda: ["locomotion", "antmaze", "adroit", "kitchen"])
+    """the paper's task lists to run (locomotion, antmaze, adroit, kitchen); ignored when --tasks is given"""
+    tasks: Optional[list[str]] = None
+    """explicit tasks (paper aliases or Minari dataset ids) instead of --domains"""
+    algos: list[str] = field(default_factory=lambda: list(ALGORITHMS))
+    """algorithms: td3, crr, iql"""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """seeds of every task and algorithm (the paper: 5)"""
+    out_dir: str = "sweeps/paper"
+    """runs, tables and plots go here"""
+    d4rl_dir: Optional[str] = None
+    """folder of D4RL's HDF5 files (e.g. hopper_medium_replay-v2.hdf5) for the locomotion tasks"""
+    address: Optional[str] = None
+    """an existing Ray cluster ("auto" or host:port); default: a Ray instance on this machine"""
+    cpus_per_run: float = 1.0
+    """CPUs Ray reserves for each run"""
+    gpus_per_run: float = 0.25
+    """GPUs Ray reserves for each run when the cluster has GPUs (fractions put several runs on a GPU)"""
+    script_args: str = ""
+    """flags passed to every run, e.g. --script-args='--total-steps 100000 --eval-episodes 5' (with the =)"""
+    wandb_group: Optional[str] = None
+    """wandb group of every run (default: reproduce-<out-dir name>)"""
+    dry_run: bool = False
+    """list the runs and what would happen to each, start nothing"""
+    report_only: bool = False
+    """start no run: write the tables and plots from the run folders"""
+
+
+# ---- the sweep ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    algo: str
+    task: str
+    seed: int
+    run_dir: str
+    command: list
+
+    @property
+    def finished(self) -> bool:
+        return os.path.isfile(os.path.join(self.run_dir, "done.json"))
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.finished and os.path.isfile(os.path.join(self.run_dir, "checkpoint_last.pt"))
+
+
+def d4rl_file(d4rl_dir: str, task: str) -> str:
+    robot, quality = task.split("-", 1)
+    return os.path.join(os.path.expanduser(d4rl_dir), f"{robot}_{quality.replace('-', '_')}-v2.hdf5")
+
+
+def plan(args: Args) -> list:
+    tasks = args.tasks or [task for domain in args.domains for task in DOMAIN_TASKS[domain]]
+    group = args.wandb_group or f"reproduce-{os.path.basename(os.path.normpath(args.out_dir))}"
+    runs = []
+    for algo in args.algos:
+        for task in tasks:
+            for seed in args.seeds:
+                run_dir = os.path.join(args.out_dir, "runs", algo, task.replace("/", "-"), f"seed{seed}")
+                command = [sys.executable, os.path.join(ROOT, f"edp_{algo}.py"), "--env", task, "--seed", str(seed),
+                           "--run-dir", run_dir, "--wandb-group", group, *shlex.split(args.script_args)]
+                if task in DOMAIN_TASKS["locomotion"]:
+                    command += ["--dataset-path", d4rl_file(args.d4rl_dir or ".", task)]
+                runs.append(Run(algo, task, seed, run_dir, command))
+    return runs
+
+
+def check(args: Args, runs: list):
+    """Bad input: one line on stderr, exit code 2."""
+    unknown = [a for a in args.algos if a not in ALGORITHMS] + [d for d in args.domains if d not in DOMAIN_TASKS]
+    if unknown:
+        fail(f"unknown algorithm or domain: {', '.join(unknown)} (algorithms: {', '.join(ALGORITHMS)};"
+             f" domains: {', '.join(DOMAIN_TASKS)})")
+    missing = sorted({run.command[-1] for run in runs if run.task in DOMAIN_TASKS["locomotion"]
+                      and not os.path.isfile(run.command[-1])})
+    if missing and not args.report_only:
+        fail(f"the locomotion tasks need D4RL's HDF5 files in --d4rl-dir (missing {len(missing)}, e.g. {missing[0]});"
+             f" or leave them out with --domains antmaze adroit kitchen")
+
+
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def execute(command: list, run_dir: str, environment: dict, threads: int) -> dict:
+    """One run as a subprocess (its own process: signals, memory, a crash stay with it)."""
+    os.makedirs(run_dir, exist_ok=True)
+    env = environment | {key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}
+    env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.time()
+    with open(os.path.join(run_dir, "reproduce.log"), "a") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    seconds = time.time() - start
+    if returncode == 0:
+        with open(os.path.join(run_dir, "done.json"), "w") as file:
+            json.dump(dict(command=command, seconds=seconds), file)
+    return dict(run_dir=run_dir, returncode=returncode, seconds=seconds)
+
+
+def sweep(args: Args, runs: list):
+    import ray
+
+    todo = [run for run in runs if not run.finished]
+    print(f"{len(runs)} runs: {len(runs) - len(todo)} finished (skipped), "
+          f"{sum(run.interrupted for run in todo)} to resume, {sum(not run.interrupted for run in todo)} to start")
+    if not todo:
+        return
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:  # a local instance, reachable on this machine only
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if gpus else 0)(execute)
+    threads = max(1, int(args.cpus_per_run))
+    pending = {}
+    for run in todo:
+        command = run.command + (["--resume"] if run.interrupted else [])
+        pending[remote.remote(command, run.run_dir, dict(os.environ), threads)] = run
+    slots = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run)))
+    done, failed, durations, start = 0, [], [], time.time()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        run, result = pending.pop(ready[0]), ray.get(ready[0])
+        durations.append(result["seconds"])
+        if result["returncode"] == 0:
+            done += 1
+        else:
+            failed.append(run)
+        left = len(pending)
+        eta = np.mean(durations) * left / min(slots, max(left, 1)) if left else 0.0
+        status = "done" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see reproduce.log)"
+        print(f"[{time.time() - start:7.0f}s] {run.algo} {run.task} seed {run.seed}: {status} | done {done},"
+              f" running {min(left, slots)}, waiting {max(left - slots, 0)}, failed {len(failed)}"
+              f" | about {eta // 60:.0f} min {eta % 60:.0f} s left", flush=True)
+    ray.shutdown()
+    for run in failed:
+        print(f"failed: {run.run_dir}", file=sys.stderr)
+
+
+# ---- tables and plots --------------------------------------------------------------------------------
+def load_summaries(out_dir: str) -> dict:
+    """(algo, task) -> list of summary.json contents, one per seed."""
+    results = {}
+    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*", "*", "seed*", "summary.json"))):
+        with open(path) as file:
+            summary = json.load(file)
+        algo = summary["algo"].removeprefix("edp_")
+        results.setdefault((algo, summary["env"]), []).append(summary)
+    return results
+
+
+def mean_std(values: list) -> str:
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "-"
+
+
+def domain_of(task: str) -> str:
+    return next((domain for domain, tasks in DOMAIN_TASKS.items() if task in tasks), "other")
+
+
+def tables(results: dict, out_dir: str) -> tuple:
+    algos = [a for a in ALGORITHMS if any(key[0] == a for key in results)]
+    tasks = sorted({key[1] for key in results}, key=lambda t: (list(DOMAIN_TASKS).index(domain_of(t))
+                                                                 if domain_of(t) in DOMAIN_TASKS else 9, t))
+    rows2, rows5 = [], []
+    for task in tasks:
+        row2, row5 = dict(task=task), dict(task=task)
+        for algo in algos:
+            summaries = results.get((algo, task), [])
+            rat, oms = [s["rat"] for s in summaries], [s["oms"] for s in summaries]
+            paper_rat, paper_oms = PAPER.get(task, {}).get(algo, (None, None))
+            row2 |= {f"{algo} RAT": mean_std(rat), f"{algo} paper": paper_rat,
+                     f"{algo} diff": round(np.mean(rat) - paper_rat, 1) if rat and paper_rat is not None else None,
+                     f"{algo} seeds": len(rat)}
+            row5 |= {f"{algo} RAT": mean_std(rat), f"{algo} OMS": mean_std(oms),
+                     f"{algo} paper RAT": paper_rat, f"{algo} paper OMS": paper_oms}
+            row2[f"_{algo}_rat"], row2[f"_{algo}_paper"] = (np.mean(rat) if rat else None), paper_rat
+        rows2.append(row2)
+        rows5.append(row5)
+    for domain in DOMAIN_TASKS:  # domain averages over the tasks present
+        members = [row for row in rows2 if domain_of(row["task"]) == domain]
+        if not members:
+            continue
+        average = dict(task=f"{domain} average")
+        for algo in algos:
+            ours = [row[f"_{algo}_rat"] for row in members if row[f"_{algo}_rat"] is not None]
+            paper = [row[f"_{algo}_paper"] for row in members if row[f"_{algo}_paper"] is not None]
+            average |= {f"{algo} RAT": f"{np.mean(ours):.1f}" if ours else "-",
+                        f"{algo} paper": round(float(np.mean(paper)), 1) if len(paper) == len(members) else None,
+                        f"{algo} diff": round(float(np.mean(ours) - np.mean(paper)), 1)
+                        if ours and len(paper) == len(members) == len(ours) else None,
+                        f"{algo} seeds": ""}
+        rows2.append(average)
+    rows2 = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows2]
+    for name, rows in (("table2", rows2), ("table5", rows5)):
+        write_table(rows, os.path.join(out_dir, name))
+    return rows2, rows5
+
+
+def write_table(rows: list, path: str):
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = lambda value: "-" if value is None or value == "" else str(value)  # noqa: E731
+    with open(f"{path}.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, columns)
+        writer.writeheader()
+        writer.writerows([{key: text(row.get(key)) for key in columns} for row in rows])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(text(row.get(key)) for key in columns) + " |" for row in rows]
+    with open(f"{path}.md", "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def plots(results: dict, out_dir: str) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.join(out_dir, "curves"), exist_ok=True)
+    paths = []
+    for task in sorted({key[1] for key in results}):
+        algos = [a for a in ALGORITHMS if (a, task) in results]
+        figure, axes = plt.subplots(1, len(algos), figsize=(4.5 * len(algos), 3.4), squeeze=False)
+        for axis, algo in zip(axes[0], algos):
+            curves = []
+            for summary in results[(algo, task)]:
+                scores = np.array([e["normalized_score"] for e in summary["evaluations"]])
+                running = np.array([scores[max(0, i - 9): i + 1].mean() for i in range(len(scores))])
+                curves.append((np.array([e["step"] for e in summary["evaluations"]]), scores, running,
+                               np.maximum.accumulate(scores)))
+            length = min(len(curve[0]) for curve in curves)
+            steps = curves[0][0][:length]
+            for index, (label, color) in enumerate([("score", "#888888"), ("running average (RAT)", "#1f77b4"),
+                                                    ("best so far (OMS)", "#d62728")], start=1):
+                values = np.stack([curve[index][:length] for curve in curves])
+                axis.plot(steps, values.mean(0), color=color, label=label)
+                axis.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.15)
+            axis.set_title(f"EDP + {algo.upper()} on {task} ({len(curves)} seeds)", fontsize=9)
+            axis.set_xlabel("gradient steps")
+            axis.set_ylabel("normalized score")
+        axes[0][0].legend(fontsize=7)
+        figure.tight_layout()
+        path = os.path.join(out_dir, "curves", f"{task.replace('/', '-')}.png")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def report(out_dir: str):
+    results = load_summaries(out_dir)
+    if not results:
+        print(f"no summary.json under {out_dir}/runs yet")
+        return
+    tables(results, out_dir)
+    paths = plots(results, out_dir)
+    with open(os.path.join(out_dir, "table2.md")) as file:
+        print(file.read())
+    print(f"tables: {out_dir}/table2.md, table5.md (and .csv); curves: {len(paths)} PNGs in {out_dir}/curves")
+
+
+def main(args: Args):
+    runs = plan(args)
+    check(args, runs)
+    if args.dry_run:
+        for run in runs:
+            state = "finished, skip" if run.finished else ("resume" if run.interrupted else "start")
+            print(f"{state:15s} {' '.join(run.command[1:])}")
+        print(f"{len(runs)} runs")
+        return
+    if not args.report_only:
+        sweep(args, runs)
+    report(args.out_dir)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
