@@ -23,7 +23,6 @@ shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fract
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import sys
@@ -34,7 +33,6 @@ from typing import Callable, Optional
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.flop_counter import FlopCounterMode
@@ -213,7 +211,7 @@ def gemm_gflops(shapes: dict, device: torch.device, repeats: int) -> float:
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
         calls = max(10, int(2e8 // (2 * m * k * n)))  # about 0.2 GFLOP per timing
 
-        def run():
+        def run(a=a, b=b, calls=calls):
             for _ in range(calls):
                 torch.mm(a, b)
             return calls

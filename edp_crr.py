@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import difflib
 import json
-import math
 import os
 import random
 import secrets

@@ -17,7 +17,6 @@ continues with --resume. From the runs' summary.json files it writes, next to th
 from __future__ import annotations
 
 import csv
-import dataclasses
 import glob
 import json
 import os

@@ -178,6 +178,9 @@ def bad_input_cases(tmp_path, datasets):
         del file["rewards"]
         file["rewards"] = np.zeros(10, np.float32)
     pendulum = ["--env", datasets["pendulum"], *TINY]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint_last.pt").write_bytes(b"half a checkpoint")
     return {
         "unknown task": (["--env", "hoper-medium"], "did you mean hopper-medium"),
         "not on Minari": (["--env", "hopper-medium-replay"], "--dataset-path"),
@@ -195,12 +198,13 @@ def bad_input_cases(tmp_path, datasets):
         "no cuda": ([*pendulum, "--device", "cuda"], "no CUDA device"),
         "resume without dir": ([*pendulum, "--resume"], "--resume needs --run-dir"),
         "resume without checkpoint": ([*pendulum, "--resume", "--run-dir", str(tmp_path)], "no checkpoint"),
+        "resume from a broken checkpoint": ([*pendulum, "--resume", "--run-dir", str(broken)], "not a usable checkpoint"),
     }
 
 
 CASES = ["unknown task", "not on Minari", "not downloaded", "no such file", "unreadable", "inconsistent",
          "missing keys", "wrong spaces", "batch size", "gamma", "schedule", "no cuda", "resume without dir",
-         "resume without checkpoint"]
+         "resume without checkpoint", "resume from a broken checkpoint"]
 
 
 @pytest.mark.parametrize("case", CASES)
