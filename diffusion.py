@@ -32,7 +32,7 @@ DPM_SKIPS = ("logSNR", "time_uniform", "time_quadratic")
 # 1. Noise schedules
 # ----------------------------------------------------------------------------------------------
 def make_beta_schedule(name: str, num_steps: int) -> torch.Tensor:
-    """beta_1..beta_K (float64). Raises ValueError for an unknown name or an invalid schedule."""
+    """beta_1..beta_K of the forward process, Eq. 1 (float64). ValueError for a bad name or schedule."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     K = num_steps

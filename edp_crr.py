@@ -440,7 +440,7 @@ class EDPCRR:
         with torch.no_grad():
             next_state = batch["next_observations"]
             next_q = self.critic_target.q_min(next_state, self.ema_policy.sample(next_state, **self.sample_kwargs))
-            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q
+            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q  # Eq. 6
         q1, q2 = self.critic(batch["observations"], batch["actions"])
         return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1
 

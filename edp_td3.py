@@ -433,7 +433,7 @@ class EDPTD3:
                 next_q = torch.min(q1.view(-1, 10).max(1, keepdim=True).values, q2.view(-1, 10).max(1, keepdim=True).values)
             else:
                 next_q = self.critic_target.q_min(next_state, self.ema_policy.sample(next_state, **self.sample_kwargs))
-            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q
+            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q  # Eq. 6
         q1, q2 = self.critic(state, batch["actions"])
         return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1
 
@@ -447,8 +447,8 @@ class EDPTD3:
             new_action = self.policy.sample(state, requires_grad=True, **self.sample_kwargs)
         head = self.critic.q1 if random.random() < 0.5 else self.critic.q2  # App. A.1: Q1 or Q2, equal odds
         q = head(torch.cat([state, new_action], dim=-1))
-        lam = self.config.alpha / q.abs().mean().detach()
-        q_loss = -lam * q.mean()  # Eq. 10 with TD3+BC's normalisation
+        lam = self.config.alpha / q.abs().mean().detach()  # TD3+BC's normalisation (Eq. 16)
+        q_loss = -lam * q.mean()  # L_pi, Eq. 10: maximise Q (Eq. 7) at the approximated action
         return diffusion_loss + self.config.eta * q_loss, diffusion_loss, q_loss
 
     def update(self, batch: dict) -> dict:

@@ -29,12 +29,17 @@ def summary(run_dir):
         return json.load(file)
 
 
-def check_summary(result, script, env, final_step, evaluation_steps):
-    assert result["env"] == env and result["algo"] == script and result["final_step"] == final_step
+def run_and_check(script, env, run_dir, total_steps, eval_every, *flags):
+    """A tiny run; its summary.json must hold every evaluation, RAT = mean of the last 10, OMS = best."""
+    assert run_main(script, "--env", env, "--total-steps", str(total_steps), "--eval-every", str(eval_every),
+                    "--run-dir", str(run_dir), *flags, *TINY) == 0
+    result = summary(run_dir)
+    assert result["env"] == env and result["algo"] == script and result["final_step"] == total_steps
     scores = [evaluation["normalized_score"] for evaluation in result["evaluations"]]
-    assert [evaluation["step"] for evaluation in result["evaluations"]] == evaluation_steps
+    assert [evaluation["step"] for evaluation in result["evaluations"]] == list(range(eval_every, total_steps + 1, eval_every))
     assert result["rat"] == pytest.approx(np.mean(scores[-10:])) and result["oms"] == pytest.approx(max(scores))
-    assert result["config"]["total_steps"] == final_step
+    assert result["config"]["total_steps"] == total_steps
+    return result
 
 
 def write_hopper_hdf5(path, rewards=None, observation_dim=11, lengths=(30, 30, 30), drop=None):
@@ -60,10 +65,7 @@ def write_hopper_hdf5(path, rewards=None, observation_dim=11, lengths=(30, 30, 3
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_end_to_end_flat_observations(script, datasets, tmp_path):
     run_dir = str(tmp_path / "run")
-    assert run_main(script, "--env", datasets["pendulum"], "--total-steps", "30", "--eval-every", "10",
-                    "--run-dir", run_dir, *TINY) == 0
-    result = summary(run_dir)
-    check_summary(result, script, datasets["pendulum"], 30, [10, 20, 30])
+    result = run_and_check(script, datasets["pendulum"], run_dir, 30, 10)
     assert {"return", "normalized_score", "episode_length"} <= set(result["evaluations"][0])
     assert result["evaluations"][0]["episode_length"] == 200  # Pendulum-v1 episodes
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
@@ -82,10 +84,7 @@ def test_wandb_offline_logs_to_the_run_dir(datasets, tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_end_to_end_dict_observations(script, datasets, tmp_path):
     run_dir = str(tmp_path / "run")
-    assert run_main(script, "--env", datasets["pointmaze"], "--total-steps", "20", "--eval-every", "10",
-                    "--run-dir", run_dir, *TINY) == 0
-    result = summary(run_dir)
-    check_summary(result, script, datasets["pointmaze"], 20, [10, 20])
+    result = run_and_check(script, datasets["pointmaze"], run_dir, 20, 10)
     assert "success_rate" in result["evaluations"][0]
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=False)
     assert checkpoint["statistics"]["observation_mean"].shape == (6,)  # achieved_goal (2) + observation (4)
@@ -94,11 +93,7 @@ def test_end_to_end_dict_observations(script, datasets, tmp_path):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_d4rl_hdf5_file(script, datasets, tmp_path):
     path = write_hopper_hdf5(tmp_path / "hopper.hdf5")
-    run_dir = str(tmp_path / "run")
-    assert run_main(script, "--env", "hopper-medium-replay", "--dataset-path", str(path), "--total-steps", "10",
-                    "--eval-every", "10", "--run-dir", run_dir, *TINY) == 0
-    result = summary(run_dir)
-    check_summary(result, script, "hopper-medium-replay", 10, [10])
+    result = run_and_check(script, "hopper-medium-replay", tmp_path / "run", 10, 10, "--dataset-path", str(path))
     evaluation = result["evaluations"][0]
     low, high = -20.272305, 3234.3  # D4RL's hopper reference returns
     assert evaluation["normalized_score"] == pytest.approx(100 * (evaluation["return"] - low) / (high - low))
@@ -272,3 +267,10 @@ def test_iql_antmaze_presets_are_the_authors():
 
     config = edp_td3.resolve_config(edp_td3.Args(env="kitchen-mixed", eta=0.5), edp_td3.TASKS["kitchen-mixed"])
     assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", True)  # flags win
+
+
+def test_compile_flag_trains_and_evaluates(datasets, tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", "10", "--eval-every", "10",
+                    "--run-dir", run_dir, "--compile", *TINY) == 0
+    assert summary(run_dir)["final_step"] == 10
