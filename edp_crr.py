@@ -403,6 +403,41 @@ def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, confi
         torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
     elif step % config.ema_every == 0:
         polyak(ema_policy, policy, config.ema_tau)
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
+    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return grad_norm
+
+class DiffusionAgent:
+    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
+
+    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
+
+    def compile(self):
+        for name in self.checkpointed:
+            if isinstance(getattr(self, name), nn.Module):
+                getattr(self, name).compile()
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
+        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
+        return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
+                                             self.config.eas_temperature, **self.sample_kwargs)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
+
+    def load_state_dict(self, state: dict):
+        for name, value in state.items():
+            if name == "step":
+                self.step = value
+            else:
+                getattr(self, name).load_state_dict(value)
 # ---8<--- end shared: networks ---
 
 
@@ -415,8 +450,10 @@ def crr_weights(q_data: torch.Tensor, q_samples: torch.Tensor, beta: float, clip
     return torch.exp(advantage / beta).clamp(max=clip)
 
 
-class EDPCRR:
+class EDPCRR(DiffusionAgent):
     """update(batch): the critics as in TD3 (Eq. 6), then the policy by weighted likelihood (Eq. 11)."""
+
+    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
 
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
         if config.beta <= 0 or config.weight_clip <= 0 or config.advantage_samples < 1:
@@ -431,10 +468,6 @@ class EDPCRR:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
         self.sample_kwargs = dict(sampler=config.sampler, steps=config.dpm_steps)
         self.step = 0
-
-    def compile(self):
-        for module in (self.policy, self.ema_policy, self.critic, self.critic_target):
-            module.compile()
 
     def critic_loss(self, batch: dict) -> tuple:
         with torch.no_grad():
@@ -466,40 +499,16 @@ class EDPCRR:
     def update(self, batch: dict) -> dict:
         self.step += 1
         critic_loss, q = self.critic_loss(batch)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_grad = nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.grad_clip)
-        self.critic_optimizer.step()
+        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
 
         policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)
-        self.policy_optimizer.zero_grad(set_to_none=True)
-        policy_loss.backward()
-        policy_grad = nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.grad_clip)
-        self.policy_optimizer.step()
+        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
 
         polyak(self.critic_target, self.critic, self.config.tau)
         update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
         return dict(critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(), diffusion_loss=diffusion_loss.detach(),
                     weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(), q_mean=q.detach().mean(),
                     critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
-        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
-        return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        names = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
-        return {name: getattr(self, name).state_dict() for name in names} | {"step": self.step}
-
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "step":
-                self.step = value
-            else:
-                getattr(self, name).load_state_dict(value)
 
 
 Agent = EDPCRR

@@ -406,6 +406,41 @@ def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, confi
         torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
     elif step % config.ema_every == 0:
         polyak(ema_policy, policy, config.ema_tau)
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
+    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return grad_norm
+
+class DiffusionAgent:
+    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
+
+    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
+
+    def compile(self):
+        for name in self.checkpointed:
+            if isinstance(getattr(self, name), nn.Module):
+                getattr(self, name).compile()
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
+        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
+        return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
+                                             self.config.eas_temperature, **self.sample_kwargs)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
+
+    def load_state_dict(self, state: dict):
+        for name, value in state.items():
+            if name == "step":
+                self.step = value
+            else:
+                getattr(self, name).load_state_dict(value)
 # ---8<--- end shared: networks ---
 
 
@@ -422,8 +457,11 @@ def iql_weights(q: torch.Tensor, v: torch.Tensor, temperature: float, clip: floa
     return torch.exp((q - v) * temperature).clamp(max=clip)
 
 
-class EDPIQL:
+class EDPIQL(DiffusionAgent):
     """update(batch): V (expectile regression), then the policy (Eq. 11), then Q (Eq. 22), as the authors."""
+
+    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "value", "policy_optimizer",
+                    "critic_optimizer", "value_optimizer")
 
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
         if not 0 < config.expectile < 1 or config.temperature <= 0 or config.weight_clip <= 0:
@@ -441,17 +479,6 @@ class EDPIQL:
         self.sample_kwargs = dict(sampler=config.sampler, steps=config.dpm_steps)
         self.step = 0
 
-    def compile(self):
-        for module in (self.policy, self.ema_policy, self.critic, self.critic_target, self.value):
-            module.compile()
-
-    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        optimizer.step()
-        return grad_norm
-
     def update(self, batch: dict) -> dict:
         self.step += 1
         state, action = batch["observations"], batch["actions"]
@@ -460,7 +487,7 @@ class EDPIQL:
             target_q = self.critic_target.q_min(state, action)
         v = self.value(state)
         value_loss = expectile_loss(target_q - v, self.config.expectile).mean()
-        self.optimize(value_loss, self.value_optimizer, self.value)
+        optimizer_step(value_loss, self.value_optimizer, self.value, self.config.grad_clip)
 
         # policy: weighted likelihood with exp(A * temperature), A = Q - V, no gradient through the weight
         approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
@@ -472,39 +499,20 @@ class EDPIQL:
         diffusion_loss = approximation.diffusion_loss()
         weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11
         policy_loss = diffusion_loss + weighted_loss
-        policy_grad = self.optimize(policy_loss, self.policy_optimizer, self.policy)
+        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
 
         # Q: towards r + gamma V(s') (Eq. 22); no policy sample anywhere in policy evaluation
         with torch.no_grad():
             target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * self.value(batch["next_observations"])
         q1, q2 = self.critic(state, action)
         critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-        critic_grad = self.optimize(critic_loss, self.critic_optimizer, self.critic)
+        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
 
         polyak(self.critic_target, self.critic, self.config.tau)
         update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
         return dict(value_loss=value_loss.detach(), critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(),
                     diffusion_loss=diffusion_loss.detach(), weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(),
                     v_mean=v.detach().mean(), critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
-        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
-        return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        names = ("policy", "ema_policy", "critic", "critic_target", "value", "policy_optimizer", "critic_optimizer",
-                 "value_optimizer")
-        return {name: getattr(self, name).state_dict() for name in names} | {"step": self.step}
-
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "step":
-                self.step = value
-            else:
-                getattr(self, name).load_state_dict(value)
 
 
 Agent = EDPIQL

@@ -81,3 +81,17 @@ def test_tables_put_mean_and_std_next_to_the_paper(tmp_path):
     row5 = next(row for row in table5 if row["task"] == "antmaze-umaze")
     assert row5["iql OMS"] == "99.0 ± 1.0" and row5["iql paper OMS"] == 98.0
     assert "| antmaze-umaze | 92.0 ± 2.0 | 94.2 | -2.2 | 2 |" in (tmp_path / "table2.md").read_text()
+
+
+def test_locomotion_runs_read_the_d4rl_folder(tmp_path):
+    d4rl = tmp_path / "d4rl"
+    d4rl.mkdir()
+    for task in reproduce.DOMAIN_TASKS["locomotion"]:
+        robot, quality = task.split("-", 1)
+        (d4rl / f"{robot}_{quality.replace('-', '_')}-v2.hdf5").write_bytes(b"")
+    process = subprocess.run([sys.executable, "reproduce.py", "--domains", "locomotion", "--algos", "td3", "--seeds", "0",
+                              "--d4rl-dir", str(d4rl), "--out-dir", str(tmp_path / "out"), "--dry-run"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 0 and process.stdout.strip().endswith("9 runs")
+    assert "--env hopper-medium-replay --seed 0" in process.stdout
+    assert f"--dataset-path {d4rl}/hopper_medium_replay-v2.hdf5" in process.stdout
