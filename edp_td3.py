@@ -243,7 +243,7 @@ def load_minari(task: Task, name: str) -> OfflineData:
         columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
         returns.append(float(np.sum(episode.rewards)))
     metadata = dataset.storage.metadata
-    ref_scores = task.ref_scores
+    ref_scores = task.ref_scores  # paper tasks keep D4RL's reference returns: scores on the paper's scale
     if ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
         ref_scores = (float(metadata["ref_min_score"]), float(metadata["ref_max_score"]))
     arrays = {key: np.concatenate(value) for key, value in columns.items()}
