@@ -143,7 +143,7 @@ def check(args: Args, runs: list):
              f" domains: {', '.join(DOMAIN_TASKS)})")
     missing = sorted({run.command[-1] for run in runs if run.task in DOMAIN_TASKS["locomotion"]
                       and not os.path.isfile(run.command[-1])})
-    if missing and not args.report_only:
+    if missing and not (args.report_only or args.dry_run):
         fail(f"the locomotion tasks need D4RL's HDF5 files in --d4rl-dir (missing {len(missing)}, e.g. {missing[0]});"
              f" or leave them out with --domains antmaze adroit kitchen")
 
@@ -335,6 +335,8 @@ def main(args: Args):
     if args.dry_run:
         for run in runs:
             state = "finished, skip" if run.finished else ("resume" if run.interrupted else "start")
+            if run.task in DOMAIN_TASKS["locomotion"] and not os.path.isfile(run.command[-1]):
+                state = "no D4RL file"
             print(f"{state:15s} {' '.join(run.command[1:])}")
         print(f"{len(runs)} runs")
         return
