@@ -295,7 +295,7 @@ class DiffusionPolicy(nn.Module):
             return x.clamp(-self.max_action, self.max_action)
 
     def _ddpm(self, x: torch.Tensor, eps: Callable) -> torch.Tensor:
-        """DDPM ancestral sampling, Eq. 4 written through the x0-prediction and posterior mean."""
+        """DDPM ancestral sampling of the reverse process (Eq. 2), Eq. 4 via the x0 prediction and posterior mean."""
         for i in reversed(range(self.num_steps)):
             x0 = self.sqrt_recip_alphas_cumprod[i] * x - self.sqrt_recipm1_alphas_cumprod[i] * eps(x, float(i))
             x0 = x0.clamp(-self.max_action, self.max_action)
