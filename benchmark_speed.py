@@ -171,9 +171,9 @@ def sample_sps(agent, device: torch.device, env_steps: int, repeats: int) -> flo
     return result
 
 
-def evaluation_sps(agent, config, device: torch.device, episodes: int) -> tuple:
+def evaluation_sps(agent, device: torch.device, episodes: int) -> tuple:
     """edp_td3.Evaluator: `episodes` episodes stepped together versus one episode at a time."""
-    statistics_ = dict(observation_mean=np.zeros(STATE_DIM, np.float32), observation_std=np.ones(STATE_DIM, np.float32),
+    identity_statistics = dict(observation_mean=np.zeros(STATE_DIM, np.float32), observation_std=np.ones(STATE_DIM, np.float32),
                        action_low=-np.ones(ACTION_DIM, np.float32), action_high=np.ones(ACTION_DIM, np.float32))
     make_env = lambda: gym.make("Walker2d-v5")  # noqa: E731
 
@@ -184,8 +184,8 @@ def evaluation_sps(agent, config, device: torch.device, episodes: int) -> tuple:
             evaluator.close()
         return steps / (time.perf_counter() - start)
 
-    together = [edp_td3.Evaluator(make_env, episodes, 0, statistics_, "locomotion", None, device)]
-    one_by_one = [edp_td3.Evaluator(make_env, 1, i, statistics_, "locomotion", None, device) for i in range(episodes)]
+    together = [edp_td3.Evaluator(make_env, episodes, 0, identity_statistics, "locomotion", None, device)]
+    one_by_one = [edp_td3.Evaluator(make_env, 1, i, identity_statistics, "locomotion", None, device) for i in range(episodes)]
     return steps_per_second(together), steps_per_second(one_by_one)
 
 
@@ -279,7 +279,7 @@ def main(args: Args) -> dict:
     print(f"{'td3bc_ff':11s} {'':12s} train {results['variants']['td3bc_ff']['train_ips']:8.2f} it/s"
           f"   sample {results['variants']['td3bc_ff']['sample_sps']:8.2f} steps/s", flush=True)
 
-    vectorized, sequential = evaluation_sps(agents["edp"], make_config(str(device)), device, 3 if args.quick else 10)
+    vectorized, sequential = evaluation_sps(agents["edp"], device, 3 if args.quick else 10)
     results["eval"] = dict(vectorized_sps=vectorized, sequential_sps=sequential)
     shapes = gemm_shapes(agents["edp"], batch)
     limit = gemm_gflops(shapes, device, repeats)

@@ -10,8 +10,9 @@ import pytest
 import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT_ARGS = ("--script-args=--total-steps 100 --eval-every 50 --num-diffusion-steps 50 --dpm-steps 3"
-               " --batch-size 32 --eas-samples 2 --eval-episodes 2 --wandb-mode disabled")
+RUN_FLAGS = ["--eval-every", "50", "--num-diffusion-steps", "50", "--dpm-steps", "3", "--batch-size", "32",
+             "--eas-samples", "2", "--eval-episodes", "2", "--wandb-mode", "disabled"]
+SCRIPT_ARGS = "--script-args=--total-steps 100 " + " ".join(RUN_FLAGS)
 
 
 def sweep(out_dir, datasets):
@@ -28,9 +29,8 @@ def test_tiny_sweep_skips_finished_runs_and_resumes_an_interrupted_one(datasets,
     interrupted = out_dir / "runs" / "td3" / datasets["modes"].replace("/", "-") / "seed1"
     import edp_td3
 
-    flags = SCRIPT_ARGS.split("=", 1)[1].split()
-    assert edp_td3.main(["--env", datasets["modes"], "--seed", "1", "--run-dir", str(interrupted), *flags[:1], "50",
-                         *flags[2:]]) == 0
+    assert edp_td3.main(["--env", datasets["modes"], "--seed", "1", "--run-dir", str(interrupted), "--total-steps", "50",
+                         *RUN_FLAGS]) == 0
     assert not (interrupted / "done.json").exists()
 
     output = sweep(out_dir, datasets)
