@@ -17,15 +17,20 @@ all three, word for word (tests/test_shared_blocks.py keeps it so).
 # ---8<--- shared: imports ---
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
+import fcntl
 import json
 import os
+import pickle
 import random
+import re
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -578,6 +583,22 @@ class Diverged(Exception):
     """A NaN or inf loss: reported with its step, exit code 1; the last good checkpoint is kept."""
 
 
+class SaveFailed(Exception):
+    """A checkpoint or summary.json could not be written (full or read-only disk): exit code 1; the last good files stay."""
+
+
+# a resumed run keeps its saved configuration; only these flags may differ from it
+RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "device", "compile",
+             "resume", "run_dir")
+RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
+CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
+
+
+def one_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 def resolve_config(args: Args, task: Task) -> Args:
     """Fill every unset flag from the presets of the task's domain and check the result."""
     presets = DOMAIN_PRESETS[task.domain] | ALGORITHM_PRESETS[task.domain]
@@ -606,41 +627,114 @@ def resolve_config(args: Args, task: Task) -> Args:
     return config
 
 
+def check_flags(config: Args):
+    """What resolve_config leaves unchecked and would otherwise end in a traceback."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
+        raise UsageError(f"--device {config.device}: use cpu, cuda, cuda:N or auto")
+    if config.device.startswith("cuda:") and int(config.device[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if not 0 <= config.seed < 2**32:  # numpy's seed range
+        raise UsageError(f"--seed must be in 0 .. 2**32 - 1, got {config.seed}")
+    if config.sampler == "dpm" and config.num_diffusion_steps < 2:  # DPM-Solver integrates t over [1/K, 1]
+        raise UsageError("--sampler dpm needs --num-diffusion-steps >= 2 (at K = 1 DPM-Solver has no time interval"
+                         " to integrate); use --sampler ddpm for K = 1")
+    if config.resume and config.run_dir is None:
+        raise UsageError("--resume needs --run-dir, the folder of the run to continue")
+
+
+def lock_run_dir(run_dir: str, resume: bool):
+    """Claim the run folder: returns run.lock, OS-locked (flock) until it is closed or the process ends."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
+    if resume and not os.path.isdir(run_dir):
+        raise UsageError(f"--resume: no checkpoint at {os.path.join(run_dir, 'checkpoint_last.pt')}")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()  # writable: found out now, not at the first save
+        lock = open(os.path.join(run_dir, "run.lock"), "a+")
+    except OSError as error:
+        raise UsageError(f"cannot write to the run folder {run_dir} ({error.strerror})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"{run_dir} is in use by another run (process {holder}); wait for it to end or choose another"
+                         " --run-dir") from None
+    earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    if earlier and not resume:
+        lock.close()
+        raise UsageError(f"{run_dir} already holds a run ({', '.join(earlier)}): pass --resume to continue it, or choose"
+                         " another --run-dir")
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")  # the holder, named to a run that is refused
+    lock.flush()
+    return lock
+
+
+def last_good_checkpoint(run_dir: str) -> str:
+    path = os.path.join(run_dir, "checkpoint_last.pt")
+    return f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was saved"
+
+
 def atomic_write(path: str, write: Callable[[str], None]):
-    """Write to a temporary file, then rename: a reader never sees half a file."""
+    """Write to a temporary file, then rename: a reader never sees half a file, a failed write leaves none."""
     temporary = f"{path}.tmp"
-    write(temporary)
-    os.replace(temporary, path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # a full or read-only disk; torch.save reports it as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        last_good = last_good_checkpoint(os.path.dirname(path))
+        raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good}") from None
 
 
 def rng_state() -> dict:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """Every generator's state as numbers, tuples and tensors, which torch.load(weights_only=True) reads."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = dict(python=random.getstate(), torch=torch.get_rng_state(),
+                 numpy=(kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian))
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict):
+    kind, keys, *rest = state["numpy"]
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(config: Args) -> dict:
-    if config.run_dir is None:
-        raise UsageError("--resume needs --run-dir, the folder of the run to continue")
+    """checkpoint_last.pt of the run in config.run_dir, if it is data only and was made with this configuration."""
     path = os.path.join(config.run_dir, "checkpoint_last.pt")
     if not os.path.isfile(path):
         raise UsageError(f"--resume: no checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location=config.device, weights_only=False)
+    try:  # weights_only: unpickling anything more than data could run code the file names
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(f"--resume: refused {path}: it holds objects other than tensors, numbers, strings, lists and"
+                         " dicts, and loading them could run code") from None
     except Exception as error:
-        raise UsageError(f"--resume: {path} is not a usable checkpoint ({type(error).__name__}: {error})") from None
-    if checkpoint.get("algo") != ALGORITHM or checkpoint.get("env") != config.env:
-        raise UsageError(f"--resume: {path} belongs to {checkpoint.get('algo')} on {checkpoint.get('env')},"
+        raise UsageError(f"--resume: {path} is not a usable checkpoint ({one_line(error)})") from None
+    if not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)
+            and isinstance(checkpoint["config"], dict)):
+        raise UsageError(f"--resume: {path} is not a checkpoint of these scripts")
+    if checkpoint["algo"] != ALGORITHM or checkpoint["env"] != config.env:
+        raise UsageError(f"--resume: {path} belongs to {checkpoint['algo']} on {checkpoint['env']},"
                          f" not {ALGORITHM} on {config.env}")
+    saved = checkpoint["config"]
+    changed = [f"--{key.replace('_', '-')}: saved {saved.get(key)}, given {value}"
+               for key, value in dataclasses.asdict(config).items() if key not in RESUMABLE and saved.get(key) != value]
+    if changed:
+        allowed = ", ".join("--" + key.replace("_", "-") for key in RESUMABLE)
+        raise UsageError(f"--resume continues the saved configuration, and these flags differ from it: {'; '.join(changed)}"
+                         f" (only {allowed} may change)")
     return checkpoint
 
 
@@ -653,14 +747,19 @@ def summarize(evaluations: list) -> tuple:
 def train(args: Args) -> dict:
     task = find_task(args.env, args.dataset_path)
     config = resolve_config(args, task)
-    device = torch.device(config.device)
-    checkpoint = load_checkpoint(config) if config.resume else None
+    check_flags(config)
     run_dir = config.run_dir or os.path.join(
         "runs", f"{config.env.replace('/', '-')}__{ALGORITHM}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
-    if checkpoint is None and os.path.exists(os.path.join(run_dir, "checkpoint_last.pt")):
-        raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --run-dir")
-    os.makedirs(run_dir, exist_ok=True)
-    config = dataclasses.replace(config, run_dir=run_dir)
+    lock = lock_run_dir(run_dir, config.resume)
+    try:  # the folder stays locked until the run ends, however it ends
+        return train_in_locked_dir(dataclasses.replace(config, run_dir=run_dir), task)
+    finally:
+        lock.close()
+
+
+def train_in_locked_dir(config: Args, task: Task) -> dict:
+    device, run_dir = torch.device(config.device), config.run_dir
+    checkpoint = load_checkpoint(config) if config.resume else None
     config_dict = dataclasses.asdict(config) | {"algo": ALGORITHM, "domain": task.domain}
     print(f"{ALGORITHM} configuration:\n{json.dumps(config_dict, indent=2)}", flush=True)
 
@@ -673,7 +772,8 @@ def train(args: Args) -> dict:
     evaluations, wandb_id = [], None
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["agent"])
-        statistics, evaluations, wandb_id = checkpoint["statistics"], checkpoint["evaluations"], checkpoint["wandb_id"]
+        statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
+        evaluations, wandb_id = checkpoint["evaluations"], checkpoint["wandb_id"]
         set_rng_state(checkpoint["rng"])
     step = agent.step
     if config.compile:
@@ -684,12 +784,17 @@ def train(args: Args) -> dict:
     import wandb
 
     wandb_id = wandb_id or secrets.token_hex(4)
-    run = wandb.init(project=config.wandb_project, mode=config.wandb_mode, dir=run_dir, id=wandb_id, resume="allow",
-                     name=os.path.basename(run_dir), group=config.wandb_group, config=config_dict)
+    try:
+        run = wandb.init(project=config.wandb_project, mode=config.wandb_mode, dir=run_dir, id=wandb_id, resume="allow",
+                         name=os.path.basename(run_dir), group=config.wandb_group, config=config_dict)
+    except wandb.errors.Error as error:  # e.g. --wandb-mode online without an API key
+        evaluator.close()
+        raise UsageError(f"wandb could not start ({one_line(error)}); --wandb-mode offline needs no account") from None
 
     def save(path: str):
-        state = dict(algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), statistics=statistics,
-                     evaluations=evaluations, wandb_id=wandb_id, rng=rng_state())
+        state = dict(algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), evaluations=evaluations,
+                     statistics={key: torch.from_numpy(value) for key, value in statistics.items()}, wandb_id=wandb_id,
+                     rng=rng_state())
         atomic_write(path, lambda temporary: torch.save(state, temporary))
 
     def write_summary():
@@ -714,8 +819,7 @@ def train(args: Args) -> dict:
 
     def check_finite():  # one host sync per log interval, not per step
         if first_nonfinite.item() >= 0:
-            raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; the last good checkpoint is"
-                           f" {os.path.join(run_dir, 'checkpoint_last.pt')}")
+            raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; {last_good_checkpoint(run_dir)}")
     try:
         while step < config.total_steps and not stop_signal:
             metrics = agent.update(buffer.sample(config.batch_size))
@@ -739,10 +843,13 @@ def train(args: Args) -> dict:
                 progress.set_postfix(score=f"{result['normalized_score']:.1f}", rat=f"{rat:.1f}", oms=f"{oms:.1f}")
                 progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return {result['return']:.1f},"
                                f" RAT {rat:.1f}, OMS {oms:.1f}")
-                write_summary()
-                save(os.path.join(run_dir, "checkpoint_last.pt"))
+                save(os.path.join(run_dir, "checkpoint_last.pt"))  # the checkpoints first, then the summary of them
                 if result["normalized_score"] >= oms:
                     save(os.path.join(run_dir, "checkpoint_best.pt"))
+                write_summary()
+        if stop_signal:  # saved while the handlers still catch signals: a second one cannot cut the write
+            check_finite()
+            save(os.path.join(run_dir, "checkpoint_last.pt"))
     finally:  # on every exit: the progress bar, the environments and the wandb run are closed
         progress.close()
         evaluator.close()
@@ -750,8 +857,6 @@ def train(args: Args) -> dict:
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
     if stop_signal:
-        check_finite()
-        save(os.path.join(run_dir, "checkpoint_last.pt"))
         print(f"stopped by signal {stop_signal[0]} at step {step}; checkpoint saved, continue with"
               f" --resume --run-dir {run_dir}", file=sys.stderr, flush=True)
     return dict(run_dir=run_dir, step=step, evaluations=evaluations, stopped=bool(stop_signal), agent=agent)
@@ -764,7 +869,7 @@ def main(argv: Optional[list] = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Diverged as error:
+    except (Diverged, SaveFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 130 if result["stopped"] else 0

@@ -69,7 +69,7 @@ def test_end_to_end_flat_observations(script, datasets, tmp_path):
     assert {"return", "normalized_score", "episode_length"} <= set(result["evaluations"][0])
     assert result["evaluations"][0]["episode_length"] == 200  # Pendulum-v1 episodes
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
-        checkpoint = torch.load(os.path.join(run_dir, name), weights_only=False)
+        checkpoint = torch.load(os.path.join(run_dir, name), weights_only=True)
         assert {"agent", "statistics", "evaluations", "rng", "wandb_id", "config"} <= set(checkpoint)
 
 
@@ -86,7 +86,7 @@ def test_end_to_end_dict_observations(script, datasets, tmp_path):
     run_dir = str(tmp_path / "run")
     result = run_and_check(script, datasets["pointmaze"], run_dir, 20, 10)
     assert "success_rate" in result["evaluations"][0]
-    checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint_last.pt"), weights_only=True)
     assert checkpoint["statistics"]["observation_mean"].shape == (6,)  # achieved_goal (2) + observation (4)
 
 
@@ -141,7 +141,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(datasets, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
-    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     stopped_at = checkpoint["agent"]["step"]
     assert stopped_at >= 5
     assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", str(stopped_at + 5), "--eval-every", "5",
@@ -149,17 +149,31 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(datasets, tmp_path):
     assert summary(run_dir)["final_step"] == stopped_at + 5
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, tmp_path, capsys):
-    good = write_hopper_hdf5(tmp_path / "good.hdf5")
-    bad = write_hopper_hdf5(tmp_path / "bad.hdf5", rewards=np.full(90, np.nan, np.float32))
-    common = ["--env", "hopper-medium", "--eval-every", "10", "--run-dir", str(tmp_path / "run"), *TINY]
-    assert run_main("edp_td3", *common, "--dataset-path", str(good), "--total-steps", "10") == 0
-    before = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+def poison_losses_after(monkeypatch, script, step):
+    """From gradient step `step` + 1 on, the training loop sees a NaN critic loss (the data stays finite)."""
+    module = importlib.import_module(script)
+    update = module.Agent.update
+
+    def poisoned(self, batch):
+        metrics = update(self, batch)
+        if self.step > step:
+            metrics["critic_loss"] = metrics["critic_loss"] * float("nan")
+        return metrics
+
+    monkeypatch.setattr(module.Agent, "update", poisoned)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, tmp_path, capsys, monkeypatch):
+    common = ["--env", datasets["pendulum"], "--eval-every", "10", "--run-dir", str(tmp_path / "run"), *TINY]
+    assert run_main("edp_td3", *common, "--total-steps", "10") == 0
+    before = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
     capsys.readouterr()
-    assert run_main("edp_td3", *common, "--dataset-path", str(bad), "--total-steps", "20", "--resume") == 1
+    poison_losses_after(monkeypatch, "edp_td3", 10)
+    assert run_main("edp_td3", *common, "--total-steps", "20", "--resume") == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error:") and "NaN or inf at step 11" in error
-    after = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoint_last.pt'}" in error
+    after = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
     assert after["agent"]["step"] == before["agent"]["step"] == 10
     assert summary(tmp_path / "run")["final_step"] == 10
 
@@ -312,5 +326,5 @@ def test_antmaze_domain_end_to_end_on_a_local_antmaze_dataset(script, antmaze_da
     assert {key: config[key] for key in ANTMAZE_PRESETS[script]} == ANTMAZE_PRESETS[script]
     evaluation = result["evaluations"][0]
     assert evaluation["normalized_score"] == pytest.approx(100 * evaluation["success_rate"])
-    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["statistics"]["observation_mean"].shape == (29,)

@@ -1,0 +1,248 @@
+"""Faults and bad input: hostile checkpoints, shared run folders, failed saves, resumes with other flags,
+signals, and inputs that must end in one line and exit 2 instead of a traceback (issue 11)."""
+
+import errno
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+from test_scripts import ROOT, TINY, poison_losses_after, run_main, summary
+
+RUN_FILES = ["summary.json", "checkpoint_best.pt", "checkpoint_last.pt"]
+
+
+def tiny_run(env, run_dir, *flags, steps=10):
+    return run_main("edp_td3", "--env", env, "--total-steps", str(steps), "--eval-every", "10",
+                    "--run-dir", str(run_dir), *TINY, *flags)
+
+
+def one_line_error(stderr, *fragments, trained=False):
+    """The one 'error: ...' line; a run that trained has its progress bar on stderr before it."""
+    lines = stderr.strip().splitlines()
+    error = lines[-1] if trained else "\n".join(lines)
+    assert error.startswith("error:") and "\n" not in error and "Traceback" not in stderr, stderr
+    assert all(fragment in error for fragment in fragments), error
+    return error
+
+
+def start_slow_run(run_dir, env):
+    """A run of hours in its own process; returns once it has written its first evaluation."""
+    command = [sys.executable, "edp_td3.py", "--env", env, "--total-steps", "100000", "--eval-every", "5",
+               "--run-dir", str(run_dir), *TINY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "summary.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the slow run ended or never evaluated"
+        time.sleep(0.2)
+    return process
+
+
+def stop(process, *gaps):
+    """SIGTERM, and one more after each gap; returns (exit code, stderr)."""
+    process.send_signal(signal.SIGTERM)
+    for gap in gaps:
+        time.sleep(gap)
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def stopped_at(stderr):
+    """The step of the 'stopped by signal 15 at step N; ...' line."""
+    line = next(line for line in stderr.splitlines() if line.startswith("stopped by signal"))
+    return int(line.split(" at step ")[1].split(";")[0])
+
+
+# -- checkpoints are data: torch.load(weights_only=True) ------------------------------------------------
+class Hostile:
+    """Unpickling it runs a shell command, as a checkpoint from a stranger could."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def test_a_hostile_checkpoint_is_refused_and_runs_nothing(datasets, tmp_path, capsys):
+    run_dir, marker = tmp_path / "run", tmp_path / "marker"
+    assert tiny_run(datasets["pendulum"], run_dir) == 0
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    checkpoint["agent"]["step"] = Hostile(str(marker))  # everything else as a real checkpoint of this run
+    torch.save(checkpoint, run_dir / "checkpoint_last.pt")
+    capsys.readouterr()
+    assert tiny_run(datasets["pendulum"], run_dir, "--resume", steps=20) == 2
+    one_line_error(capsys.readouterr().err, "refused", "could run code")
+    assert not marker.exists()
+    torch.load(run_dir / "checkpoint_last.pt", weights_only=False)  # what --resume used to do ...
+    assert marker.exists()  # ... runs the command: the file is as hostile as it looks
+
+
+# -- the run folder: locked, never taken over, writable ------------------------------------------------
+def test_a_second_run_on_a_locked_folder_is_refused_and_the_first_stays_intact(datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    first = start_slow_run(run_dir, datasets["pendulum"])
+    try:
+        for flags in ([], ["--resume"]):
+            assert tiny_run(datasets["pendulum"], run_dir, "--seed", "1", *flags) == 2
+            one_line_error(capsys.readouterr().err, f"{run_dir} is in use by another run (process {first.pid})")
+    finally:
+        returncode, stderr = stop(first)
+    assert returncode == 130, stderr
+    checkpoint, result = torch.load(run_dir / "checkpoint_last.pt", weights_only=True), summary(run_dir)
+    assert checkpoint["agent"]["step"] == stopped_at(stderr) >= result["final_step"] >= 5
+    assert result["seed"] == checkpoint["config"]["seed"] == 0  # the first run's files, not the second's
+    assert checkpoint["evaluations"][:len(result["evaluations"])] == result["evaluations"]
+    assert not list(run_dir.glob("*.tmp"))
+    # the lock ended with the first run: the folder can be continued
+    assert tiny_run(datasets["pendulum"], run_dir, "--resume", steps=checkpoint["agent"]["step"] + 1) == 0
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_fresh_run_refuses_a_folder_with_an_earlier_runs_files(name, datasets, tmp_path, capsys):
+    (tmp_path / name).write_text("{}")
+    assert tiny_run(datasets["pendulum"], tmp_path) == 2
+    one_line_error(capsys.readouterr().err, f"{tmp_path} already holds a run ({name}): pass --resume")
+    assert (tmp_path / name).read_text() == "{}"
+
+
+def test_a_run_dir_that_is_a_file_is_refused(datasets, tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    assert tiny_run(datasets["pendulum"], tmp_path / "file") == 2
+    one_line_error(capsys.readouterr().err, "is a file, not a folder")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_read_only_run_folder_is_refused_before_training(datasets, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir) == 0
+    before = (run_dir / "checkpoint_last.pt").read_bytes()
+    capsys.readouterr()
+    if os.geteuid() == 0:  # root writes through permissions: fail the probe file as a read-only disk would
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    run_dir.chmod(0o555)
+    try:
+        assert tiny_run(datasets["pendulum"], run_dir, "--resume", steps=20) == 2
+    finally:
+        run_dir.chmod(0o755)
+    output = capsys.readouterr()
+    one_line_error(output.err, f"cannot write to the run folder {run_dir}")
+    assert "configuration" not in output.out  # refused before the run began
+    assert (run_dir / "checkpoint_last.pt").read_bytes() == before
+
+
+# -- a failed save ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("failing", [1, 3])
+def test_a_failed_save_keeps_the_last_good_files_and_stops_with_one_line(failing, datasets, tmp_path, capsys,
+                                                                         monkeypatch):
+    """Save 1 is the first evaluation's checkpoint_last.pt, save 2 its checkpoint_best.pt, save 3 the second's
+    checkpoint_last.pt; the failing one writes part of the file, then the disk is full."""
+    save, calls = torch.save, []
+
+    def full_disk(state, path, *args, **kwargs):
+        calls.append(os.path.basename(path))
+        if len(calls) == failing:
+            with open(path, "wb") as file:
+                file.write(b"part of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir, steps=30) == 1
+    assert calls[-1] == "checkpoint_last.pt.tmp" and len(calls) == failing
+    error = one_line_error(capsys.readouterr().err, f"cannot write {run_dir / 'checkpoint_last.pt'}",
+                           "No space left on device", trained=True)
+    assert not list(run_dir.glob("*.tmp"))
+    if failing == 1:
+        assert error.endswith("no checkpoint was saved")
+        assert not any((run_dir / name).exists() for name in RUN_FILES)
+    else:
+        assert error.endswith(f"the last good checkpoint is {run_dir / 'checkpoint_last.pt'}")
+        checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+        assert checkpoint["agent"]["step"] == summary(run_dir)["final_step"] == 10
+
+
+# -- resume: the saved configuration governs -----------------------------------------------------------
+def test_resume_refuses_changed_flags_and_applies_the_ones_that_may_change(datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir) == 0
+    capsys.readouterr()
+    assert tiny_run(datasets["pendulum"], run_dir, "--resume", "--lr", "0.05", "--eta", "0.5", steps=20) == 2
+    one_line_error(capsys.readouterr().err, "--lr: saved 0.0003, given 0.05; --eta: saved 1.0, given 0.5")
+    assert summary(run_dir)["final_step"] == 10
+    # the saved lr given again is no change; a larger --total-steps is applied
+    assert tiny_run(datasets["pendulum"], run_dir, "--resume", "--lr", "0.0003", steps=20) == 0
+    result = summary(run_dir)
+    assert result["final_step"] == 20 and result["config"]["total_steps"] == 20
+    assert [evaluation["step"] for evaluation in result["evaluations"]] == [10, 20]
+
+
+# -- signals and NaN ----------------------------------------------------------------------------------
+def test_two_quick_sigterms_still_end_with_a_complete_checkpoint(datasets, tmp_path):
+    run_dir = tmp_path / "run"
+    returncode, stderr = stop(start_slow_run(run_dir, datasets["pendulum"]), 0.05)
+    assert returncode == 130 and "Traceback" not in stderr, stderr
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["agent"]["step"] == stopped_at(stderr)
+
+
+def test_a_nan_before_the_first_checkpoint_names_none(datasets, tmp_path, capsys, monkeypatch):
+    poison_losses_after(monkeypatch, "edp_td3", 2)
+    assert tiny_run(datasets["pendulum"], tmp_path / "run") == 1
+    error = one_line_error(capsys.readouterr().err, "NaN or inf at step 3", "no checkpoint was saved", trained=True)
+    assert "checkpoint_last.pt" not in error and not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+# -- bad flags: one line, exit 2 ----------------------------------------------------------------------
+@pytest.mark.parametrize("flags,message", [
+    (["--num-diffusion-steps", "1"], "--sampler dpm needs --num-diffusion-steps >= 2"),
+    (["--device", "mps"], "--device mps: use cpu, cuda, cuda:N or auto"),
+    (["--device", "banana"], "--device banana: use cpu, cuda, cuda:N or auto"),
+    (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1, got -1"),
+    (["--seed", str(2**32)], "--seed must be in 0 .. 2**32 - 1"),  # numpy's seed range
+])
+def test_bad_flags_are_one_line_and_exit_code_2(flags, message, datasets, tmp_path, capsys):
+    assert tiny_run(datasets["pendulum"], tmp_path / "run", *flags) == 2
+    one_line_error(capsys.readouterr().err, message)
+
+
+def test_dpm_solver_cannot_sample_with_one_diffusion_step_and_two_suffice():
+    """Why --sampler dpm refuses K = 1: its time interval [1/K, 1] is empty."""
+    from diffusion import DiffusionPolicy
+
+    state = torch.zeros(4, 3)
+    with pytest.raises(ZeroDivisionError):
+        DiffusionPolicy(3, 2, 1, "vp").sample(state, sampler="dpm")
+    assert DiffusionPolicy(3, 2, 1, "vp").sample(state, sampler="ddpm").isfinite().all()
+    for steps in (1, 2, 3, 15):
+        assert DiffusionPolicy(3, 2, 2, "vp").sample(state, sampler="dpm", steps=steps).isfinite().all()
+
+
+@pytest.mark.parametrize("flags", [["--num-diffusion-steps", "2", "--schedule", "vp"],
+                                   ["--num-diffusion-steps", "1", "--schedule", "vp", "--sampler", "ddpm"]])
+def test_the_smallest_k_each_sampler_takes_trains(flags, datasets, tmp_path):
+    assert tiny_run(datasets["pendulum"], tmp_path / "run", *flags, steps=5) == 0
+
+
+def test_wandb_online_without_an_api_key_is_one_line(datasets, tmp_path):
+    home = tmp_path / "home"  # no netrc, no wandb settings, no WANDB_* variables
+    home.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_") and key != "NETRC"}
+    env |= dict(HOME=str(home), WANDB_CONFIG_DIR=str(home / "wandb"))
+    process = subprocess.run([sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir",
+                              str(tmp_path / "run"), *TINY, "--wandb-mode", "online"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    one_line_error(process.stderr, "wandb could not start", "--wandb-mode offline needs no account")
