@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,9 @@ class Args:
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
+SWEEP_FLAGS = ("--env", "--seed", "--run-dir", "--wandb-group", "--dataset-path", "--resume")  # set per run below
+
+
 @dataclass
 class Run:
     algo: str
@@ -135,17 +139,55 @@ def plan(args: Args) -> list:
     return runs
 
 
-def check(args: Args, runs: list):
-    """Bad input: one line on stderr, exit code 2."""
+def check(args: Args):
+    """Bad input, found before anything is planned or started (dry runs too): one line on stderr, exit code 2."""
     unknown = [a for a in args.algos if a not in ALGORITHMS] + [d for d in args.domains if d not in DOMAIN_TASKS]
     if unknown:
         fail(f"unknown algorithm or domain: {', '.join(unknown)} (algorithms: {', '.join(ALGORITHMS)};"
              f" domains: {', '.join(DOMAIN_TASKS)})")
+    if any(seed < 0 for seed in args.seeds):
+        fail(f"--seeds must be >= 0, got {' '.join(map(str, args.seeds))}")
+    if args.tasks:
+        from edp_td3 import UsageError, find_task  # the scripts' own rule of what a task is
+
+        for task in args.tasks:
+            try:
+                find_task(task, None)
+            except UsageError as error:
+                fail(str(error))
+    try:
+        script_args = shlex.split(args.script_args)
+    except ValueError as error:  # e.g. an unbalanced quote
+        fail(f"--script-args {args.script_args!r}: {error}")
+    # --no-resume is --resume's other half; each run gets these from the sweep, one folder and seed per run
+    given = {"--" + token.split("=")[0][2:].replace("_", "-").removeprefix("no-") for token in script_args
+             if token.startswith("--")}
+    taken = [flag for flag in SWEEP_FLAGS if flag in given]
+    if taken:
+        fail(f"--script-args may not set {', '.join(taken)}: the sweep sets them for each run"
+             f" (use --tasks, --seeds, --out-dir, --wandb-group, --d4rl-dir of reproduce.py)")
+
+
+def check_d4rl_files(args: Args, runs: list):
     missing = sorted({run.command[-1] for run in runs if run.task in DOMAIN_TASKS["locomotion"]
                       and not os.path.isfile(run.command[-1])})
     if missing and not (args.report_only or args.dry_run):
         fail(f"the locomotion tasks need D4RL's HDF5 files in --d4rl-dir (missing {len(missing)}, e.g. {missing[0]});"
              f" or leave them out with --domains antmaze adroit kitchen")
+
+
+def check_address(address: str):
+    """Refuse a host:port where nothing listens at once: ray.init would retry it for minutes."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        fail(f"--address {address}: give auto or host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        fail(f"--address {address}: no Ray cluster answers there ({error.strerror or error}); start one with"
+             f" `ray start --head` or leave out --address")
 
 
 def fail(message: str):
@@ -175,9 +217,13 @@ def sweep(args: Args, runs: list):
     print(f"{len(runs)} runs: {len(runs) - len(todo)} finished (skipped), "
           f"{sum(run.interrupted for run in todo)} to resume, {sum(not run.interrupted for run in todo)} to start")
     if not todo:
-        return
+        return []
     if args.address:
-        ray.init(address=args.address, log_to_driver=False)
+        check_address(args.address)
+        try:
+            ray.init(address=args.address, log_to_driver=False)
+        except ConnectionError as error:  # e.g. auto without a running cluster
+            fail(f"--address {args.address}: {str(error).strip().splitlines()[0]}")
     else:  # a local instance, reachable on this machine only
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -206,18 +252,37 @@ def sweep(args: Args, runs: list):
     ray.shutdown()
     for run in failed:
         print(f"failed: {run.run_dir}", file=sys.stderr)
+    return failed
 
 
 # ---- tables and plots --------------------------------------------------------------------------------
+SUMMARY_KEYS = ("algo", "env", "rat", "oms", "evaluations")  # what the tables and plots read
+
+
 def load_summaries(out_dir: str) -> dict:
     """(algo, task) -> list of summary.json contents, one per seed."""
     results = {}
     for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*", "*", "seed*", "summary.json"))):
-        with open(path) as file:
-            summary = json.load(file)
+        summary = read_summary(path)
+        if summary is None:
+            continue
         algo = summary["algo"].removeprefix("edp_")
         results.setdefault((algo, summary["env"]), []).append(summary)
     return results
+
+
+def read_summary(path: str) -> Optional[dict]:
+    """A run's summary.json, or None with a warning when it is not one: a bad file must not cost the tables."""
+    try:
+        with open(path) as file:
+            summary = json.load(file)
+        missing = [key for key in SUMMARY_KEYS if key not in summary] if isinstance(summary, dict) else SUMMARY_KEYS
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        return summary
+    except (OSError, ValueError) as error:  # a JSONDecodeError is a ValueError
+        print(f"warning: skipped {path} ({error})", file=sys.stderr)
+        return None
 
 
 def mean_std(values: list) -> str:
@@ -330,8 +395,9 @@ def report(out_dir: str):
 
 
 def main(args: Args):
+    check(args)
     runs = plan(args)
-    check(args, runs)
+    check_d4rl_files(args, runs)
     if args.dry_run:
         for run in runs:
             state = "finished, skip" if run.finished else ("resume" if run.interrupted else "start")
@@ -340,9 +406,11 @@ def main(args: Args):
             print(f"{state:15s} {' '.join(run.command[1:])}")
         print(f"{len(runs)} runs")
         return
-    if not args.report_only:
-        sweep(args, runs)
-    report(args.out_dir)
+    failed = [] if args.report_only else sweep(args, runs)
+    report(args.out_dir)  # the tables of the runs that finished, even when others failed
+    if failed:
+        print(f"error: {len(failed)} of {len(runs)} runs failed (see the reproduce.log in their folders)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

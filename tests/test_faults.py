@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -246,3 +247,63 @@ def test_wandb_online_without_an_api_key_is_one_line(datasets, tmp_path):
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert process.returncode == 2
     one_line_error(process.stderr, "wandb could not start", "--wandb-mode offline needs no account")
+
+
+# -- reproduce.py ---------------------------------------------------------------------------------------
+def reproduce(*flags, timeout=120):
+    return subprocess.run([sys.executable, "reproduce.py", *flags], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--script-args=--run-dir /tmp/x --seed 3"], "--script-args may not set --seed, --run-dir: the sweep sets them"),
+    (["--script-args=--env=hopper-medium --no-resume --wandb_group g"], "may not set --env, --wandb-group, --resume"),
+    (["--script-args=--total-steps 10 --wandb-project 'a b"], "--script-args \"--total-steps 10 --wandb-project 'a b\":"
+                                                              " No closing quotation"),
+    (["--domains", "mujoco"], "unknown algorithm or domain: mujoco (algorithms: td3, crr, iql; domains: locomotion,"
+                              " antmaze, adroit, kitchen)"),
+    (["--tasks", "hoper-medium", "--dry-run"], "unknown task 'hoper-medium'"),
+    (["--tasks", "hoper-medium"], "unknown task 'hoper-medium'"),
+    (["--seeds", "0", "-1", "--dry-run"], "--seeds must be >= 0, got 0 -1"),
+])
+def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_path):
+    process = reproduce("--domains", "adroit", *flags, "--out-dir", str(tmp_path), timeout=30)  # no sweep starts
+    assert process.returncode == 2, process.stdout + process.stderr
+    one_line_error(process.stderr, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_only_skips_a_corrupt_summary_with_a_warning(tmp_path):
+    runs = tmp_path / "runs" / "iql" / "antmaze-umaze"
+    good = dict(algo="edp_iql", env="antmaze-umaze", seed=0, rat=90.0, oms=95.0,
+                evaluations=[dict(step=10, normalized_score=90.0)])
+    for seed, text in enumerate([json.dumps(good), '{"algo": "edp_iql", "env": "antm', "[]"]):
+        (runs / f"seed{seed}").mkdir(parents=True)
+        (runs / f"seed{seed}" / "summary.json").write_text(text)
+    process = reproduce("--report-only", "--out-dir", str(tmp_path))
+    assert process.returncode == 0, process.stderr
+    warnings = process.stderr.strip().splitlines()
+    assert [line.split(" (")[0] for line in warnings] == [f"warning: skipped {runs / f'seed{seed}' / 'summary.json'}"
+                                                          for seed in (1, 2)]
+    assert "| antmaze-umaze | 90.0 ± 0.0 | 94.2 | -4.2 | 1 |" in (tmp_path / "table2.md").read_text()
+
+
+def test_a_sweep_with_a_failed_run_writes_the_tables_and_exits_non_zero(datasets, tmp_path):
+    # D4RL/pen/tiny-missing-v2 is not in the local Minari folder (and there is no network): that run fails
+    process = reproduce("--tasks", datasets["pendulum"], "D4RL/pen/tiny-missing-v2", "--algos", "td3", "--seeds", "0",
+                        "--out-dir", str(tmp_path), "--script-args=--total-steps 10 --eval-every 10 " + " ".join(TINY),
+                        timeout=600)
+    assert process.returncode == 1, process.stdout + process.stderr
+    assert process.stderr.strip().splitlines()[-1] == "error: 1 of 2 runs failed (see the reproduce.log in their folders)"
+    assert f"| {datasets['pendulum']} |" in (tmp_path / "table2.md").read_text()
+
+
+def test_reproduce_address_where_nothing_listens_fails_fast(datasets, tmp_path):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    start = time.time()
+    process = reproduce("--tasks", datasets["pendulum"], "--algos", "td3", "--seeds", "0", "--out-dir", str(tmp_path),
+                        "--address", f"127.0.0.1:{port}", timeout=60)
+    assert process.returncode == 2 and time.time() - start < 30
+    one_line_error(process.stderr, f"--address 127.0.0.1:{port}: no Ray cluster answers there")
