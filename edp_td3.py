@@ -583,6 +583,10 @@ RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what
 CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def one_line(error: Exception) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
@@ -718,12 +722,11 @@ def load_checkpoint(config: Args) -> dict:
         raise UsageError(f"--resume: {path} belongs to {checkpoint['algo']} on {checkpoint['env']},"
                          f" not {ALGORITHM} on {config.env}")
     saved = checkpoint["config"]
-    changed = [f"--{key.replace('_', '-')}: saved {saved.get(key)}, given {value}"
+    changed = [f"{flag(key)}: saved {saved.get(key)}, given {value}"
                for key, value in dataclasses.asdict(config).items() if key not in RESUMABLE and saved.get(key) != value]
     if changed:
-        allowed = ", ".join("--" + key.replace("_", "-") for key in RESUMABLE)
         raise UsageError(f"--resume continues the saved configuration, and these flags differ from it: {'; '.join(changed)}"
-                         f" (only {allowed} may change)")
+                         f" (only {', '.join(map(flag, RESUMABLE))} may change)")
     return checkpoint
 
 

@@ -145,8 +145,8 @@ def check(args: Args):
     if unknown:
         fail(f"unknown algorithm or domain: {', '.join(unknown)} (algorithms: {', '.join(ALGORITHMS)};"
              f" domains: {', '.join(DOMAIN_TASKS)})")
-    if any(seed < 0 for seed in args.seeds):
-        fail(f"--seeds must be >= 0, got {' '.join(map(str, args.seeds))}")
+    if not all(0 <= seed < 2**32 for seed in args.seeds):  # the scripts' (numpy's) seed range
+        fail(f"--seeds must be in 0 .. 2**32 - 1, got {' '.join(map(str, args.seeds))}")
     if args.tasks:
         from edp_td3 import UsageError, find_task  # the scripts' own rule of what a task is
 
@@ -184,7 +184,7 @@ def check_address(address: str):
     if not (host and port.isdigit()):
         fail(f"--address {address}: give auto or host:port")
     try:
-        socket.create_connection((host, int(port)), timeout=10).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
     except OSError as error:
         fail(f"--address {address}: no Ray cluster answers there ({error.strerror or error}); start one with"
              f" `ray start --head` or leave out --address")

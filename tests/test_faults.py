@@ -264,7 +264,7 @@ def reproduce(*flags, timeout=120):
                               " antmaze, adroit, kitchen)"),
     (["--tasks", "hoper-medium", "--dry-run"], "unknown task 'hoper-medium'"),
     (["--tasks", "hoper-medium"], "unknown task 'hoper-medium'"),
-    (["--seeds", "0", "-1", "--dry-run"], "--seeds must be >= 0, got 0 -1"),
+    (["--seeds", "0", "-1", "--dry-run"], "--seeds must be in 0 .. 2**32 - 1, got 0 -1"),
 ])
 def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_path):
     process = reproduce("--domains", "adroit", *flags, "--out-dir", str(tmp_path), timeout=30)  # no sweep starts
