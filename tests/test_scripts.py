@@ -257,16 +257,17 @@ def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets,
     assert message in capsys.readouterr().err
 
 
-def test_iql_antmaze_presets_are_the_authors():
+def test_iql_antmaze_presets():
     import edp_iql
 
     config = edp_iql.resolve_config(edp_iql.Args(env="antmaze-medium-play"), edp_iql.TASKS["antmaze-medium-play"])
-    assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == ("antmaze-iql", 0.9, True, 100)
+    assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == (
+        "antmaze-iql", 0.9, "per-dimension", 100)
     assert (config.total_steps, config.eval_every, config.lr) == (1_000_000, 10_000, 3e-4)
     import edp_td3
 
     config = edp_td3.resolve_config(edp_td3.Args(env="kitchen-mixed", eta=0.5), edp_td3.TASKS["kitchen-mixed"])
-    assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", True)  # flags win
+    assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", "per-dimension")  # flags win
 
 
 def test_compile_flag_trains_and_evaluates(datasets, tmp_path):
@@ -298,7 +299,7 @@ def antmaze_dataset(datasets):
 
 ANTMAZE_PRESETS = {"edp_td3": dict(reward_transform="antmaze", max_q_backup=True),
                    "edp_crr": dict(reward_transform="antmaze"),
-                   "edp_iql": dict(reward_transform="antmaze-iql", expectile=0.9, temperature=10.0)}
+                   "edp_iql": dict(reward_transform="antmaze-iql", expectile=0.9, temperature=1.0)}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -308,7 +309,7 @@ def test_antmaze_domain_end_to_end_on_a_local_antmaze_dataset(script, antmaze_da
     run_dir = tmp_path / "run"
     result = run_and_check(script, antmaze_dataset, run_dir, 10, 10)
     config = result["config"]
-    assert config["domain"] == "antmaze" and config["normalize_obs"] is True
+    assert config["domain"] == "antmaze" and config["normalize_obs"] == "per-dimension"
     assert {key: config[key] for key in ANTMAZE_PRESETS[script]} == ANTMAZE_PRESETS[script]
     evaluation = result["evaluations"][0]
     assert evaluation["normalized_score"] == pytest.approx(100 * evaluation["success_rate"])
