@@ -173,6 +173,26 @@ def bad_input_cases(tmp_path, datasets):
         del file["rewards"]
         file["rewards"] = np.zeros(10, np.float32)
     pendulum = ["--env", datasets["pendulum"], *TINY]
+    def hopper_file(name, **arrays):  # a D4RL file with some arrays replaced
+        path = write_hopper_hdf5(tmp_path / f"{name}.hdf5")
+        with h5py.File(path, "a") as file:
+            for key, value in arrays.items():
+                del file[key]
+                file[key] = value
+        return ["--env", "hopper-medium", "--dataset-path", str(path)]
+
+    nan_rewards = np.ones(90, np.float32)
+    nan_rewards[5] = np.nan
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    def damaged_minari(name, damage):  # a copy of the Pendulum demo dataset, then damaged
+        path = get_dataset_path(f"edp/{name}-v0")
+        shutil.copytree(get_dataset_path(datasets["pendulum"]), path, dirs_exist_ok=True)
+        damage(path / "data")
+        return ["--env", f"edp/{name}-v0", *TINY]
+
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "checkpoint_last.pt").write_bytes(b"half a checkpoint")
@@ -182,7 +202,16 @@ def bad_input_cases(tmp_path, datasets):
         "not downloaded": (["--env", "antmaze-umaze"], "minari download D4RL/antmaze/umaze-v1"),
         "no such file": (["--env", "hopper-medium", "--dataset-path", str(tmp_path / "none.hdf5")], "no such file"),
         "unreadable": (["--env", "hopper-medium", "--dataset-path", str(garbage)], "cannot read"),
-        "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "differ in length"),
+        "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "rewards has shape (10,)"),
+        "rewards (N, 2)": (hopper_file("r2", rewards=np.zeros((90, 2), np.float32)), "rewards has shape (90, 2)"),
+        "1-d observations": (hopper_file("o1", observations=np.zeros(90, np.float32)), "observations has shape (90,)"),
+        "NaN in data": (hopper_file("nan", rewards=nan_rewards), "rewards holds NaN or inf (row 5)"),
+        "text in data": (hopper_file("text", actions=np.array([b"a"] * 90)), "actions holds |S1, not numbers"),
+        "all timeouts": (hopper_file("timeouts", timeouts=np.ones(90, bool), terminals=np.zeros(90, bool)),
+                         "holds no transitions"),
+        "no main_data.hdf5": (damaged_minari("nodata", lambda data: (data / "main_data.hdf5").unlink()), "damaged"),
+        "corrupt metadata.json": (damaged_minari("nometa", lambda data: (data / "metadata.json").write_text("{")),
+                                  "damaged"),
         "missing keys": (["--env", "hopper-medium", "--dataset-path",
                           str(write_hopper_hdf5(tmp_path / "nokey.hdf5", drop="timeouts"))], "lacks timeouts"),
         "wrong spaces": (["--env", "walker2d-medium", "--dataset-path", str(write_hopper_hdf5(tmp_path / "w.hdf5"))],
@@ -198,6 +227,8 @@ def bad_input_cases(tmp_path, datasets):
 
 
 CASES = ["unknown task", "not on Minari", "not downloaded", "no such file", "unreadable", "inconsistent",
+         "rewards (N, 2)", "1-d observations", "NaN in data", "text in data", "all timeouts", "no main_data.hdf5",
+         "corrupt metadata.json",
          "missing keys", "wrong spaces", "batch size", "gamma", "schedule", "no cuda", "resume without dir",
          "resume without checkpoint", "resume from a broken checkpoint"]
 
@@ -315,3 +346,23 @@ def test_antmaze_domain_end_to_end_on_a_local_antmaze_dataset(script, antmaze_da
     assert evaluation["normalized_score"] == pytest.approx(100 * evaluation["success_rate"])
     checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
     assert checkpoint["statistics"]["observation_mean"].shape == (29,)
+
+
+def test_a_dataset_naming_code_outside_gymnasium_as_its_eval_env_runs_nothing(datasets, tmp_path, capsys):
+    """metadata.json names the eval env by entry point: "os:system" with a command must be refused, not run."""
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    marker = tmp_path / "ran"
+    path = get_dataset_path("edp/hostile-v0")
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), path, dirs_exist_ok=True)
+    metadata = json.loads((path / "data" / "metadata.json").read_text())
+    spec = json.loads(metadata["eval_env_spec"])
+    spec.update(id="Hostile-v0", entry_point="os:system", kwargs={"command": f"touch {marker}"})
+    metadata["eval_env_spec"] = json.dumps(spec)
+    (path / "data" / "metadata.json").write_text(json.dumps(metadata))
+    assert run_main("edp_td3", "--env", "edp/hostile-v0", "--run-dir", str(tmp_path / "run"), *TINY) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "os:system" in error and "refusing" in error, error
+    assert not marker.exists()
