@@ -295,42 +295,54 @@ class OfflineData:
     description: str
 
 
-def load_minari(task: Task, name: str) -> OfflineData:
+def open_minari(dataset_id: str):
+    """The local copy of a Minari dataset, else a download; a damaged copy is one line, not a traceback."""
     import minari
+    from minari.storage import get_dataset_path
 
+    path = get_dataset_path(dataset_id)
+    if not os.path.isdir(os.path.join(path, "data")):
+        try:
+            return minari.load_dataset(dataset_id, download=True)
+        except Exception as error:  # no network, no huggingface_hub, unknown id
+            raise UsageError(
+                f"dataset {dataset_id} is not in {path} and could not be downloaded ({type(error).__name__});"
+                f" run `minari download {dataset_id}` where there is internet and copy it there, or set MINARI_DATASETS_PATH"
+            ) from None
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as error:  # a missing main_data.hdf5, a corrupt metadata.json, ...
+        raise UsageError(f"{path} holds a damaged Minari dataset ({type(error).__name__}: {error});"
+                         f" remove it and download or make it again") from None
+
+
+def load_minari(task: Task, name: str) -> OfflineData:
     dataset_id = task.minari_id
     if dataset_id is None:
         raise UsageError(
             f"Minari holds no copy of D4RL's {name}-v2; download the original HDF5 file (D4RL) and pass --dataset-path"
         )
-    try:
-        dataset = minari.load_dataset(dataset_id)
-    except FileNotFoundError:
-        from minari.storage import get_dataset_path
-
-        try:
-            dataset = minari.load_dataset(dataset_id, download=True)
-        except Exception as error:  # no network, no huggingface_hub, unknown id
-            raise UsageError(
-                f"dataset {dataset_id} is not in {get_dataset_path(dataset_id)} and could not be downloaded"
-                f" ({type(error).__name__}); run `minari download {dataset_id}` where there is internet and copy it"
-                f" there, or set MINARI_DATASETS_PATH"
-            ) from None
+    dataset = open_minari(dataset_id)
+    if dataset.total_episodes == 0:
+        raise UsageError(f"the Minari dataset {dataset_id} holds no episodes")
     columns = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "dones")}
     returns = []
-    for episode in dataset.iterate_episodes():
-        observations = flatten_observation(episode.observations)
-        columns["observations"].append(observations[:-1])
-        columns["next_observations"].append(observations[1:])
-        columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
-        columns["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
-        columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
-        returns.append(float(np.sum(episode.rewards)))
+    try:
+        for episode in dataset.iterate_episodes():
+            observations = flatten_observation(episode.observations)
+            columns["observations"].append(observations[:-1])
+            columns["next_observations"].append(observations[1:])
+            columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+            columns["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+            columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
+            returns.append(float(np.sum(episode.rewards)))
+        arrays = {key: np.concatenate(value) for key, value in columns.items()}
+    except (OSError, KeyError, ValueError, TypeError) as error:  # a truncated file, episodes of other shapes
+        raise UsageError(f"the episodes of {dataset_id} cannot be read ({type(error).__name__}: {error})") from None
     metadata = dataset.storage.metadata
     ref_scores = task.ref_scores  # paper tasks keep D4RL's reference returns: scores on the paper's scale
     if ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
         ref_scores = (float(metadata["ref_min_score"]), float(metadata["ref_max_score"]))
-    arrays = {key: np.concatenate(value) for key, value in columns.items()}
     replica = " (a structural REPLICA, not the real data)" if str(metadata.get("algorithm_name", "")).startswith("replica") else ""
     eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5 keeps the eval spec private
     return OfflineData(**arrays, episode_returns=np.asarray(returns), ref_scores=ref_scores,
@@ -352,12 +364,10 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
             if missing:
                 raise UsageError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
             data = {key: np.asarray(file[key]) for key in (*required, "next_observations") if key in file}
-    except OSError as error:
-        raise UsageError(f"cannot read {path} as HDF5: {error}") from None
+    except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, a group where an array belongs
+        raise UsageError(f"cannot read {path} as D4RL HDF5: {error}") from None
+    check_arrays(data, path)
     n = len(data["observations"])
-    if any(len(value) != n for value in data.values()):
-        lengths = ", ".join(f"{key} {len(value)}" for key, value in data.items())
-        raise UsageError(f"{path} is inconsistent: its arrays differ in length ({lengths})")
     terminals, timeouts = data["terminals"].astype(bool), data["timeouts"].astype(bool)
     if "next_observations" in data:
         keep = np.arange(n)
@@ -378,6 +388,23 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
         ref_scores=task.ref_scores,
         description=f"D4RL HDF5 {path}: {len(keep)} transitions, evaluated on {task.env_id}",
     )
+
+
+def check_arrays(arrays: dict, source: str):
+    """Numbers only, one row per transition, the right number of dimensions, no NaN or inf (said by array and row)."""
+    n = len(arrays["observations"])
+    if n == 0:
+        raise UsageError(f"{source} holds no transitions")
+    for key, value in arrays.items():
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise UsageError(f"{source}: {key} holds {value.dtype}, not numbers")
+        matrix = key in ("observations", "next_observations", "actions")
+        if value.shape[:1] != (n,) or value.ndim != 1 + matrix:
+            raise UsageError(f"{source}: {key} has shape {value.shape}; expected {'(N, d)' if matrix else '(N,)'}"
+                             f" with N = {n}, as observations")
+        finite = np.isfinite(value.reshape(n, -1)).all(1)
+        if not finite.all():
+            raise UsageError(f"{source}: {key} holds NaN or inf (row {int(np.flatnonzero(~finite)[0])})")
 
 
 def check_spaces(data: OfflineData, env: gym.Env) -> tuple:
@@ -429,6 +456,8 @@ class DeviceBuffer:
 def prepare_data(config, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_hdf5(task, config.env, config.dataset_path) if config.dataset_path else load_minari(task, config.env)
+    check_arrays(dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
+                      next_observations=data.next_observations, dones=data.dones), data.description)
     if config.eval_env is not None:
         data.make_env = registered_env_maker(config.eval_env)
         data.description += f", evaluated on {config.eval_env}"
