@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import glob
 import json
 import os
 import random
@@ -316,15 +317,44 @@ def open_minari(dataset_id: str):
                          f" remove it and download or make it again") from None
 
 
+def newest_local_version(dataset_id: str) -> str:
+    """A paper task reads the newest version held locally (D4RL/antmaze/umaze-v1, or a later -v2), else the id."""
+    from minari.storage import get_dataset_path
+
+    stem = dataset_id.rsplit("-v", 1)[0]
+    versions = [int(path.rsplit("-v", 1)[1]) for path in glob.glob(f"{get_dataset_path(stem)}-v*")
+                if path.rsplit("-v", 1)[1].isdigit() and os.path.isdir(os.path.join(path, "data"))]
+    return f"{stem}-v{max(versions)}" if versions else dataset_id
+
+
+ANTMAZE_SUCCESS_RADIUS = 0.45  # gymnasium_robotics maze_v4.py compute_reward and success (D4RL: 0.5)
+
+
+def antmaze_evaluation_goal(make_env: Callable[[], gym.Env]) -> np.ndarray:
+    """The centre of the evaluation maze's one goal cell: D4RL's AntMaze reward is 1 within reach of that goal."""
+    env = make_env()
+    goals = env.unwrapped.maze.unique_goal_locations
+    env.close()
+    if len(goals) != 1:
+        raise UsageError(f"the AntMaze evaluation env has {len(goals)} goal cells; D4RL's tasks have one")
+    return np.asarray(goals[0], dtype=np.float32)
+
+
 def load_minari(task: Task, name: str) -> OfflineData:
     dataset_id = task.minari_id
     if dataset_id is None:
         raise UsageError(
             f"Minari holds no copy of D4RL's {name}-v2; download the original HDF5 file (D4RL) and pass --dataset-path"
         )
+    dataset_id = newest_local_version(dataset_id) if name in TASKS else dataset_id
     dataset = open_minari(dataset_id)
     if dataset.total_episodes == 0:
         raise UsageError(f"the Minari dataset {dataset_id} holds no episodes")
+    eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5 keeps the eval spec private
+    make_env = env_maker(eval_spec, task.domain)
+    # Minari's AntMaze rewards (and desired_goal) follow a goal drawn anew in each collection episode, never the
+    # evaluation goal: relabel r_t from achieved_goal at t + 1 against the evaluation goal, as D4RL's data is
+    goal = antmaze_evaluation_goal(make_env) if task.domain == "antmaze" else None
     columns = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "dones")}
     returns = []
     try:
@@ -333,9 +363,11 @@ def load_minari(task: Task, name: str) -> OfflineData:
             columns["observations"].append(observations[:-1])
             columns["next_observations"].append(observations[1:])
             columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
-            columns["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+            rewards = np.asarray(episode.rewards, dtype=np.float32) if goal is None else (
+                np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= ANTMAZE_SUCCESS_RADIUS)
+            columns["rewards"].append(rewards.astype(np.float32))
             columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
-            returns.append(float(np.sum(episode.rewards)))
+            returns.append(float(np.sum(rewards)))
         arrays = {key: np.concatenate(value) for key, value in columns.items()}
     except (OSError, KeyError, ValueError, TypeError) as error:  # a truncated file, episodes of other shapes
         raise UsageError(f"the episodes of {dataset_id} cannot be read ({type(error).__name__}: {error})") from None
@@ -344,10 +376,9 @@ def load_minari(task: Task, name: str) -> OfflineData:
     if ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
         ref_scores = (float(metadata["ref_min_score"]), float(metadata["ref_max_score"]))
     replica = " (a structural REPLICA, not the real data)" if str(metadata.get("algorithm_name", "")).startswith("replica") else ""
-    eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5 keeps the eval spec private
-    return OfflineData(**arrays, episode_returns=np.asarray(returns), ref_scores=ref_scores,
-                       make_env=env_maker(eval_spec, task.domain),
-                       description=f"Minari {dataset_id}: {dataset.total_episodes} episodes{replica}")
+    relabelled = f", rewards relabelled to the evaluation goal {goal.tolist()}" if goal is not None else ""
+    return OfflineData(**arrays, episode_returns=np.asarray(returns), ref_scores=ref_scores, make_env=make_env,
+                       description=f"Minari {dataset_id}: {dataset.total_episodes} episodes{replica}{relabelled}")
 
 
 def load_hdf5(task: Task, name: str, path: str) -> OfflineData:

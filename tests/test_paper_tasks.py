@@ -80,3 +80,62 @@ def test_eval_env_flag_takes_registered_ids_only(tmp_path, capsys):
                          "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2  # the file is checked first
     with pytest.raises(edp_td3.UsageError, match="did you mean Hopper-v"):
         edp_td3.registered_env_maker("Hoper-v5")
+
+
+# -- every task family x every script, end to end on the replicas (conftest.py `replicas`) ---------------
+from test_scripts import SCRIPTS, run_and_check  # noqa: E402
+
+
+def d4rl_score(robot, episode_return):
+    low, high = edp_td3.D4RL_REFERENCE[robot]
+    return 100 * (episode_return - low) / (high - low)
+
+
+FAMILIES = {  # family: (task, observation dims, check of one evaluation's score against the domain's definition)
+    "kitchen": ("kitchen-complete", 59, lambda e: e["normalized_score"] == pytest.approx(25 * e["return"])
+                and e["return"] <= 4 and e["episode_length"] <= 280),
+    "adroit": ("pen-human", 45, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("pen", e["return"]))
+               and e["episode_length"] == 200),
+    "antmaze": ("antmaze-umaze", 29, lambda e: e["normalized_score"] == pytest.approx(100 * e["success_rate"])
+                and e["episode_length"] == 700),
+    "locomotion": ("hopper-medium", 11, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("hopper", e["return"]))
+                   and e["episode_length"] <= 1000),
+}
+DOMAIN_PRESETS = {"edp_td3": dict(antmaze=dict(reward_transform="antmaze", max_q_backup=True), kitchen=dict(eta=0.005)),
+                  "edp_crr": dict(antmaze=dict(reward_transform="antmaze"), adroit=dict(reward_transform="minmax")),
+                  "edp_iql": dict(antmaze=dict(reward_transform="antmaze-iql", expectile=0.9))}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_task_family_runs_end_to_end_on_its_replica(script, family, replicas, tmp_path):
+    task, observation_dim, score_is_defined_right = FAMILIES[family]
+    flags = ["--dataset-path", replicas["hopper"]] if family == "locomotion" else []
+    result = run_and_check(script, task, tmp_path / "run", 10, 10, *flags)
+    config = result["config"]
+    assert config["domain"] == family.replace("locomotion", "locomotion")
+    for key, value in DOMAIN_PRESETS[script].get(family, {}).items():
+        assert config[key] == value, key
+    evaluation, = result["evaluations"]
+    assert score_is_defined_right(evaluation), evaluation
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=False)
+    assert checkpoint["statistics"]["observation_mean"].shape == (observation_dim,)
+
+
+def test_antmaze_rewards_are_relabelled_to_the_evaluation_goal(replicas):
+    """The replica's collection goals differ from the evaluation goal, as in Minari's data: the training
+    rewards must say whether the ant is within reach of the evaluation goal, not of the collection goal."""
+    import minari
+
+    task = edp_td3.TASKS["antmaze-umaze"]
+    data = edp_td3.load_minari(task, "antmaze-umaze")
+    dataset = minari.load_dataset(replicas["antmaze-umaze"])
+    env = gym.make(dataset.storage.metadata and dataset._eval_env_spec)
+    goal = env.unwrapped.maze.unique_goal_locations[0]
+    env.close()
+    reached = np.concatenate([np.linalg.norm(e.observations["achieved_goal"][1:] - goal, axis=-1) <= 0.45
+                              for e in dataset.iterate_episodes()])
+    raw = np.concatenate([e.rewards for e in dataset.iterate_episodes()])
+    assert 0 < reached.sum() < len(reached) and (raw != reached).any()  # the test can tell the two apart
+    np.testing.assert_array_equal(data.rewards, reached.astype(np.float32))
+    np.testing.assert_array_equal(goal, [4.0, -4.0])  # Minari's umaze eval map: goal cell (3, 3)

@@ -308,46 +308,6 @@ def test_compile_flag_trains_and_evaluates(datasets, tmp_path):
     assert summary(run_dir)["final_step"] == 10
 
 
-@pytest.fixture(scope="module")
-def antmaze_dataset(datasets):
-    """A tiny local Minari dataset under D4RL/antmaze: random actions in AntMaze_UMaze-v4."""
-    import gymnasium as gym
-    import gymnasium_robotics
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    from make_demo_dataset import run_episode
-
-    gym.register_envs(gymnasium_robotics)
-    env = gym.make("AntMaze_UMaze-v4", continuing_task=True, max_episode_steps=25)
-    env.action_space.seed(0)
-    buffers = [EpisodeBuffer(id=i, seed=i, **run_episode(env, lambda obs: env.action_space.sample(), i)) for i in range(3)]
-    dataset_id = "D4RL/antmaze/tiny-test-v1"
-    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, author="tests", author_email="-",
-                                       code_permalink="tests", algorithm_name="random", description="test data")
-    return dataset_id
-
-
-ANTMAZE_PRESETS = {"edp_td3": dict(reward_transform="antmaze", max_q_backup=True),
-                   "edp_crr": dict(reward_transform="antmaze"),
-                   "edp_iql": dict(reward_transform="antmaze-iql", expectile=0.9, temperature=1.0)}
-
-
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_antmaze_domain_end_to_end_on_a_local_antmaze_dataset(script, antmaze_dataset, tmp_path):
-    """A Minari id under D4RL/antmaze takes the AntMaze path: 29-d observations (achieved_goal + the
-    27-d observation, as D4RL), the AntMaze presets (TD3's max-Q backup among them), success scores."""
-    run_dir = tmp_path / "run"
-    result = run_and_check(script, antmaze_dataset, run_dir, 10, 10)
-    config = result["config"]
-    assert config["domain"] == "antmaze" and config["normalize_obs"] == "per-dimension"
-    assert {key: config[key] for key in ANTMAZE_PRESETS[script]} == ANTMAZE_PRESETS[script]
-    evaluation = result["evaluations"][0]
-    assert evaluation["normalized_score"] == pytest.approx(100 * evaluation["success_rate"])
-    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=False)
-    assert checkpoint["statistics"]["observation_mean"].shape == (29,)
-
-
 def test_a_dataset_naming_code_outside_gymnasium_as_its_eval_env_runs_nothing(datasets, tmp_path, capsys):
     """metadata.json names the eval env by entry point: "os:system" with a command must be refused, not run."""
     import shutil
