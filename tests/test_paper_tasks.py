@@ -113,7 +113,7 @@ def test_every_task_family_runs_end_to_end_on_its_replica(script, family, replic
     flags = ["--dataset-path", replicas["hopper"]] if family == "locomotion" else []
     result = run_and_check(script, task, tmp_path / "run", 10, 10, *flags)
     config = result["config"]
-    assert config["domain"] == family.replace("locomotion", "locomotion")
+    assert config["domain"] == family
     for key, value in DOMAIN_PRESETS[script].get(family, {}).items():
         assert config[key] == value, key
     evaluation, = result["evaluations"]
@@ -130,7 +130,7 @@ def test_antmaze_rewards_are_relabelled_to_the_evaluation_goal(replicas):
     task = edp_td3.TASKS["antmaze-umaze"]
     data = edp_td3.load_minari(task, "antmaze-umaze")
     dataset = minari.load_dataset(replicas["antmaze-umaze"])
-    env = gym.make(dataset.storage.metadata and dataset._eval_env_spec)
+    env = gym.make(dataset._eval_env_spec)
     goal = env.unwrapped.maze.unique_goal_locations[0]
     env.close()
     reached = np.concatenate([np.linalg.norm(e.observations["achieved_goal"][1:] - goal, axis=-1) <= 0.45
@@ -139,3 +139,18 @@ def test_antmaze_rewards_are_relabelled_to_the_evaluation_goal(replicas):
     assert 0 < reached.sum() < len(reached) and (raw != reached).any()  # the test can tell the two apart
     np.testing.assert_array_equal(data.rewards, reached.astype(np.float32))
     np.testing.assert_array_equal(goal, [4.0, -4.0])  # Minari's umaze eval map: goal cell (3, 3)
+
+
+def test_a_paper_task_reads_the_newest_local_version(replicas):
+    """D4RL/antmaze/umaze-v1 is what Minari publishes; a later -v2 held locally is read instead."""
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    assert edp_td3.newest_local_version("D4RL/antmaze/umaze-v1") == "D4RL/antmaze/umaze-v1"
+    shutil.copytree(get_dataset_path("D4RL/antmaze/umaze-v1"), get_dataset_path("D4RL/antmaze/umaze-v2"))
+    try:
+        assert edp_td3.newest_local_version("D4RL/antmaze/umaze-v1") == "D4RL/antmaze/umaze-v2"
+        assert "D4RL/antmaze/umaze-v2" in edp_td3.load_minari(edp_td3.TASKS["antmaze-umaze"], "antmaze-umaze").description
+    finally:
+        shutil.rmtree(get_dataset_path("D4RL/antmaze/umaze-v2"))
