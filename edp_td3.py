@@ -39,7 +39,7 @@ from diffusion import DiffusionPolicy, Mish, check_sampler_args, energy_based_ac
 
 # ---8<--- end shared: imports ---
 
-ALGORITHM = "edp_td3"
+ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py logs and checkpoints as my_edp
 
 
 # ==============================================================================================
@@ -281,8 +281,16 @@ class OfflineData:
     dones: np.ndarray  # terminations only: a time-limit truncation still bootstraps
     episode_returns: np.ndarray
     make_env: Callable[[], gym.Env]
-    ref_scores: Optional[tuple]
+    score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     description: str
+
+
+def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
+    """100 (R - R_random) / (R_expert - R_random); the raw return where no reference is known."""
+    if ref_scores is None:
+        return lambda returns: returns
+    low, high = ref_scores
+    return lambda returns: 100.0 * (returns - low) / (high - low)
 
 
 def open_minari(dataset_id: str):
@@ -361,12 +369,14 @@ def load_minari(task: Task, name: str) -> OfflineData:
     except (OSError, KeyError, ValueError, TypeError) as error:  # a truncated file, episodes of other shapes
         raise UsageError(f"the episodes of {dataset_id} cannot be read ({type(error).__name__}: {error})") from None
     metadata = dataset.storage.metadata
-    ref_scores = task.ref_scores  # paper tasks keep D4RL's reference returns: scores on the paper's scale
-    if ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
-        ref_scores = (float(metadata["ref_min_score"]), float(metadata["ref_max_score"]))
+    score = d4rl_score(task.ref_scores)  # paper tasks keep D4RL's reference returns: scores on the paper's scale
+    if task.ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        import minari
+
+        score = lambda returns: 100.0 * minari.get_normalized_score(dataset, returns)  # noqa: E731
     replica = " (a structural REPLICA, not the real data)" if str(metadata.get("algorithm_name", "")).startswith("replica") else ""
     relabelled = f", rewards relabelled to the evaluation goal {goal.tolist()}" if goal is not None else ""
-    return OfflineData(**arrays, episode_returns=np.asarray(returns), ref_scores=ref_scores, make_env=make_env,
+    return OfflineData(**arrays, episode_returns=np.asarray(returns), score=score, make_env=make_env,
                        description=f"Minari {dataset_id}: {dataset.total_episodes} episodes{replica}{relabelled}")
 
 
@@ -405,7 +415,7 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
         dones=terminals[keep].astype(np.float32),
         episode_returns=np.asarray(returns, dtype=np.float64),
         make_env=registered_env_maker(task.env_id),
-        ref_scores=task.ref_scores,
+        score=d4rl_score(task.ref_scores),
         description=f"D4RL HDF5 {path}: {len(keep)} transitions, evaluated on {task.env_id}",
     )
 
@@ -664,21 +674,16 @@ Agent = EDPTD3
 class Evaluator:
     """Runs `episodes` episodes in a vector env from fixed seeds, so evaluations are comparable."""
 
-    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, ref_scores, device):
+    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, score: Callable, device):
         self.envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
-        self.episodes, self.seed, self.domain, self.ref_scores, self.device = episodes, seed, domain, ref_scores, device
+        self.episodes, self.seed, self.domain, self.score, self.device = episodes, seed, domain, score, device
         self.statistics = statistics
         self.action_mid = (statistics["action_high"] + statistics["action_low"]) / 2
         self.action_half = (statistics["action_high"] - statistics["action_low"]) / 2
 
     def normalized_score(self, episode_return: np.ndarray, success: np.ndarray) -> np.ndarray:
-        """x100: AntMaze by success, the rest by (R - R_random) / (R_expert - R_random)."""
-        if self.domain == "antmaze":
-            return 100.0 * success
-        if self.ref_scores is None:
-            return episode_return
-        low, high = self.ref_scores
-        return 100.0 * (episode_return - low) / (high - low)
+        """x100: AntMaze by success, the rest by the dataset's reference returns."""
+        return 100.0 * success if self.domain == "antmaze" else self.score(episode_return)
 
     def __call__(self, act: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         start = time.perf_counter()
@@ -830,7 +835,7 @@ def train(args: Args) -> dict:
     if config.compile:
         agent.compile()
     evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain,
-                          data.ref_scores, device)
+                          data.score, device)
 
     import wandb
 

@@ -64,7 +64,7 @@ def test_kitchen_scores_each_task_once_as_d4rl():
     statistics = dict(observation_mean=np.zeros(59, np.float32), observation_std=np.ones(59, np.float32),
                       observation_clip=np.inf, action_low=-np.ones(9, np.float32), action_high=np.ones(9, np.float32))
     evaluator = edp_td3.Evaluator(lambda: MicrowaveOpenAtReset(make_env()), 2, 0, statistics, "kitchen",
-                                  edp_td3.D4RL_REFERENCE["kitchen"], "cpu")
+                                  edp_td3.d4rl_score(edp_td3.D4RL_REFERENCE["kitchen"]), "cpu")
     result = evaluator(lambda state: torch.zeros(len(state), 9))
     evaluator.close()
     assert result["return"] == 1.0 and result["normalized_score"] == pytest.approx(25.0)

@@ -68,6 +68,11 @@ def test_end_to_end_flat_observations(script, datasets, tmp_path):
     result = run_and_check(script, datasets["pendulum"], run_dir, 30, 10)
     assert {"return", "normalized_score", "episode_length"} <= set(result["evaluations"][0])
     assert result["evaluations"][0]["episode_length"] == 200  # Pendulum-v1 episodes
+    import minari  # a Minari dataset with reference scores is scored by Minari's own normalisation
+
+    evaluation = result["evaluations"][0]
+    expected = 100 * minari.get_normalized_score(minari.load_dataset(datasets["pendulum"]), np.array(evaluation["return"]))
+    assert evaluation["normalized_score"] == pytest.approx(float(expected))
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         checkpoint = torch.load(os.path.join(run_dir, name), weights_only=False)
         assert {"agent", "statistics", "evaluations", "rng", "wandb_id", "config"} <= set(checkpoint)
@@ -326,3 +331,20 @@ def test_a_dataset_naming_code_outside_gymnasium_as_its_eval_env_runs_nothing(da
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "os:system" in error and "refusing" in error, error
     assert not marker.exists()
+
+
+def test_a_copied_script_runs_under_its_own_name(datasets, tmp_path):
+    """ALGORITHM comes from the file name: a copy my_edp.py names its run folder, summary and checkpoint my_edp."""
+    import shutil
+
+    shutil.copy(os.path.join(ROOT, "edp_iql.py"), tmp_path / "my_edp.py")
+    shutil.copy(os.path.join(ROOT, "diffusion.py"), tmp_path / "diffusion.py")
+    command = [sys.executable, "my_edp.py", "--env", datasets["pendulum"], "--total-steps", "10", "--eval-every", "10",
+               "--seed", "3", *TINY]
+    process = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env=os.environ | {"PYTHONPATH": ROOT})
+    assert process.returncode == 0, process.stderr[-2000:]
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert "__my_edp__3__" in run_dir.name
+    assert summary(run_dir)["algo"] == "my_edp"
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=False)["algo"] == "my_edp"
