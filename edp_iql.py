@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import difflib
 import fcntl
+import glob
 import json
 import os
 import pickle
@@ -43,11 +44,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from diffusion import DiffusionPolicy, Mish, energy_based_action_selection, make_beta_schedule
+from diffusion import DiffusionPolicy, Mish, check_sampler_args, energy_based_action_selection, make_beta_schedule
 
 # ---8<--- end shared: imports ---
 
-ALGORITHM = "edp_iql"
+ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py logs and checkpoints as my_edp
 
 
 # ==============================================================================================
@@ -58,21 +59,25 @@ class Args:
     # -- task and data
     env: str = "hopper-medium"
     """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id"""
+    preset: Literal["paper", "released"] = "paper"
+    """what fills every flag left unset: paper (Table 3 and the text) or released (the authors' code); README lists the differences"""
     dataset_path: Optional[str] = None
     """an original D4RL HDF5 file (observations, actions, rewards, terminals, timeouts) to train on"""
+    eval_env: Optional[str] = None
+    """registered Gymnasium id to evaluate on (default: the dataset's eval env; D4RL HDF5: the -v4 MuJoCo env)"""
     seed: int = 0
     """seed of everything: networks, batches, sampling, evaluation episodes"""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)"""
     # -- training
     total_steps: Optional[int] = None
-    """gradient steps (default: the domain's epochs x 1000, paper Table 3)"""
+    """gradient steps (default: epochs x 1000, Table 3: 2000 epochs on locomotion, 1000 elsewhere)"""
     batch_size: int = 256
     """transitions per gradient step"""
     lr: Optional[float] = None
-    """Adam learning rate of policy and critics (default: per domain, Table 3)"""
+    """Adam learning rate of policy and critics (default: 3e-4; 3e-5 on adroit; Table 3)"""
     grad_clip: Optional[float] = None
-    """global gradient-norm clip (default: 5, Table 3)"""
+    """global gradient-norm clip (default: 5, Table 3; released: per task, 1 to 10, README)"""
     gamma: float = 0.99
     """discount"""
     tau: float = 0.005
@@ -92,28 +97,42 @@ class Args:
     learn_std: bool = False
     """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
     expectile: Optional[float] = None
-    """expectile tau of the V regression (default: 0.7; 0.9 on AntMaze)"""
+    """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3)"""
     temperature: Optional[float] = None
-    """weight exp(A * temperature) (default per domain: 3 locomotion, 10 AntMaze, 0.5 Kitchen and Adroit)"""
+    """weight exp(A * temperature) (default: 1, App. A.3; released: 3 on locomotion, 10 on antmaze, 0.5 on adroit and kitchen)"""
     weight_clip: float = 100.0
     """upper clip of the weight exp(A * temperature) (authors' code: 100)"""
     reward_transform: Optional[Literal["none", "antmaze", "antmaze-iql", "minmax", "returns"]] = None
-    """none, antmaze (r-0.5)*4, antmaze-iql r-1, minmax (to [-1,1]), returns (x 1000/return range)"""
-    normalize_obs: Optional[bool] = None
-    """standardise observations with dataset statistics (default: per domain)"""
+    """none, antmaze (r-0.5)*4, antmaze-iql r-1, minmax (to [-1,1]), returns (x 1000/return range) (default: none on locomotion, antmaze-iql on antmaze, minmax on adroit and kitchen; released: returns on locomotion)"""
+    normalize_obs: Optional[Literal["off", "per-dimension", "scalar"]] = None
+    """standardise observations with dataset statistics, per dimension or by one scalar clipped to +-10 (default: off on locomotion, per-dimension elsewhere; released: off)"""
+    action_clip: Optional[float] = None
+    """clip dataset actions (scaled to [-1, 1]) to +- this (default: 1; released: 0.999)"""
     # -- sampling and evaluation
     sampler: Literal["dpm", "ddpm"] = "dpm"
     """sampler of TD-target and evaluation actions: DPM-Solver or the full DDPM chain"""
     dpm_steps: int = 15
     """DPM-Solver model calls"""
+    dpm_order: int = 3
+    """DPM-Solver order (1, 2 or 3)"""
+    dpm_method: Optional[Literal["multistep", "singlestep"]] = None
+    """DPM-Solver method (default: multistep; released: singlestep)"""
+    dpm_skip: Optional[Literal["logSNR", "time_uniform", "time_quadratic"]] = None
+    """DPM-Solver time grid (default: logSNR; released: time_uniform)"""
+    noise_scale: float = 1.0
+    """evaluation: scale of the initial noise a_K (0: deterministic DPM-Solver sampling, App. C.4)"""
+    policy_scale: float = 1.0
+    """evaluation: multiply eps_theta by this (> 1 samples a sharper policy, App. C.4)"""
     eval_every: Optional[int] = None
     """gradient steps between evaluations (default: 10 epochs = 10000)"""
     eval_episodes: Optional[int] = None
-    """episodes per evaluation, all stepped together (default: 10; 100 on AntMaze)"""
-    eas_samples: int = 10
-    """N actions per state for energy-based action selection (Alg. 2); 1 samples the policy plainly"""
+    """episodes per evaluation, all stepped together (default: 10; 100 on antmaze; released: 10)"""
+    eas_samples: Optional[int] = None
+    """N actions per state for energy-based action selection (Alg. 2; default: 10; released: 50); 1 samples plainly"""
     eas_temperature: float = 1.0
     """pick an action with probability softmax(Q / temperature)"""
+    acting_policy: Optional[Literal["ema", "online"]] = None
+    """policy that acts in evaluation (default: ema, the TD-target policy; released: online)"""
     # -- run
     run_dir: Optional[str] = None
     """where checkpoints and summary.json go (default: runs/<env>__<algo>__<seed>__<time>)"""
@@ -134,13 +153,17 @@ class Args:
 # ==============================================================================================
 # Presets: the paper's Table 3 and the authors' code, by domain; any flag overrides them
 # ==============================================================================================
-# The temperature departs from the paper's text (beta = 1): we take the authors' runs (3, 10 on
-# AntMaze, 0.5 on Kitchen and Adroit), since those runs produced the published tables.
 ALGORITHM_PRESETS = {
-    "locomotion": dict(expectile=0.7, temperature=3.0, reward_transform="none"),
-    "antmaze": dict(expectile=0.9, temperature=10.0, reward_transform="antmaze-iql"),
-    "adroit": dict(expectile=0.7, temperature=0.5, reward_transform="minmax"),
-    "kitchen": dict(expectile=0.7, temperature=0.5, reward_transform="minmax"),
+    "locomotion": dict(expectile=0.7, temperature=1.0, reward_transform="none"),  # App. A.3: beta = 1, tau 0.7 / 0.9
+    "antmaze": dict(expectile=0.9, temperature=1.0, reward_transform="antmaze-iql"),
+    "adroit": dict(expectile=0.7, temperature=1.0, reward_transform="minmax"),
+    "kitchen": dict(expectile=0.7, temperature=1.0, reward_transform="minmax"),
+}
+ALGORITHM_RELEASED = {  # the authors' runs: temperature 3 (10 AntMaze, 0.5 Kitchen and Adroit); README's --norm_reward
+    "locomotion": dict(temperature=3.0, reward_transform="returns"),  # data/dataset.py:142, 1000 / return range
+    "antmaze": dict(temperature=10.0),
+    "adroit": dict(temperature=0.5),
+    "kitchen": dict(temperature=0.5),
 }
 
 
@@ -148,13 +171,27 @@ ALGORITHM_PRESETS = {
 # ==============================================================================================
 # Data: the paper's tasks, Minari datasets, D4RL HDF5 files, transforms, a batch sampler on device
 # ==============================================================================================
-DOMAIN_PRESETS = {  # paper Table 3; eval episodes as the authors ran them (100 on AntMaze)
-    "locomotion": dict(lr=3e-4, grad_clip=5.0, epochs=2000, normalize_obs=False, eval_episodes=10),
-    "antmaze": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs=True, eval_episodes=100),
-    "adroit": dict(lr=3e-5, grad_clip=5.0, epochs=1000, normalize_obs=True, eval_episodes=10),
-    "kitchen": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs=True, eval_episodes=10),
+DOMAIN_PRESETS = {  # paper Table 3; where the paper is silent (observations, AntMaze episodes) our choice
+    "locomotion": dict(lr=3e-4, grad_clip=5.0, epochs=2000, normalize_obs="off", eval_episodes=10),
+    "antmaze": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=100),
+    "adroit": dict(lr=3e-5, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=10),
+    "kitchen": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=10),
 }
 STEPS_PER_EPOCH, EVAL_EVERY_EPOCHS = 1000, 10
+# The two presets differ only here (and in ALGORITHM_RELEASED); sources in README "Paper and released code".
+PAPER_PRESET = dict(  # Sec. 5 / Fig. 4: EAS over 10 actions; DPM-Solver order 3, 15 calls (method and grid: ours)
+    eas_samples=10, dpm_method="multistep", dpm_skip="logSNR", action_clip=1.0, acting_policy="ema")
+RELEASED_PRESET = dict(  # sail-sg/edp: trainer.py num_samples=50, train_params act, clip_action=0.999, obs_norm=False,
+    eas_samples=50, dpm_method="singlestep", dpm_skip="time_uniform", action_clip=0.999, acting_policy="online",
+    normalize_obs="off", eval_episodes=10)  # eval_n_trajs=10; dpm_solver.py singlestep, time_uniform
+RELEASED_GRAD_CLIP = {  # sail-sg/edp diffusion/hps.py `gn`, read by trainer.py:222 (Table 3 says 5 everywhere)
+    "halfcheetah-medium": 9.0, "halfcheetah-medium-replay": 2.0, "halfcheetah-medium-expert": 7.0,
+    "hopper-medium": 9.0, "hopper-medium-replay": 4.0, "hopper-medium-expert": 5.0,
+    "walker2d-medium": 1.0, "walker2d-medium-replay": 4.0, "walker2d-medium-expert": 5.0,
+    "antmaze-umaze": 2.0, "antmaze-umaze-diverse": 3.0, "antmaze-medium-play": 2.0, "antmaze-medium-diverse": 1.0,
+    "antmaze-large-play": 10.0, "antmaze-large-diverse": 7.0, "pen-human": 7.0, "pen-cloned": 8.0,
+    "kitchen-complete": 9.0, "kitchen-partial": 10.0, "kitchen-mixed": 10.0,
+}
 
 
 @dataclass(frozen=True)
@@ -174,7 +211,8 @@ D4RL_REFERENCE = {  # D4RL's (random, expert) returns
     "kitchen": (0.0, 4.0),
 }
 TASKS = {}  # the 20 tasks of the paper's Table 2
-for _robot, _env_id in [("halfcheetah", "HalfCheetah-v5"), ("hopper", "Hopper-v5"), ("walker2d", "Walker2d-v5")]:
+# D4RL's files come from the -v2 MuJoCo models; -v4 is the closest still registered (-v5 changed the models)
+for _robot, _env_id in [("halfcheetah", "HalfCheetah-v4"), ("hopper", "Hopper-v4"), ("walker2d", "Walker2d-v4")]:
     for _quality in ("medium", "medium-replay", "medium-expert"):
         # Minari's mujoco/<robot>/medium-v0 is new data on the v5 envs, not D4RL's -v2 data
         _minari = f"mujoco/{_robot}/medium-v0" if _quality == "medium" else None
@@ -204,11 +242,50 @@ def find_task(name: str, dataset_path: Optional[str]) -> Task:
 
 
 def flatten_observation(observation):
-    """Dict observations the D4RL way: [achieved_goal, observation] (AntMaze: 2 + 27 = 29 dims)."""
+    """Dict observations as D4RL's policies saw them; other dicts: every leaf, keys sorted, recursively.
+
+    Goal envs give [achieved_goal, observation]: AntMaze 2 + 27 = D4RL's 29 dims, no goal. Kitchen's goals are
+    dicts of per-task arrays: they are left out, since achieved_goal repeats object positions of the 59-d
+    `observation` and desired_goal is constant (D4RL's 60-d kitchen state = 30 positions + a constant 30-d goal).
+    """
     if not isinstance(observation, dict):
         return np.asarray(observation, dtype=np.float32)
-    keys = ["achieved_goal", "observation"] if {"achieved_goal", "observation"} <= set(observation) else sorted(observation)
-    return np.concatenate([np.asarray(observation[key], dtype=np.float32) for key in keys], axis=-1)
+    if "observation" in observation and "achieved_goal" in observation:
+        goal = observation["achieved_goal"]
+        parts = [observation["observation"]] if isinstance(goal, dict) else [goal, observation["observation"]]
+        return np.concatenate([np.asarray(part, dtype=np.float32) for part in parts], axis=-1)
+    return np.concatenate([flatten_observation(observation[key]) for key in sorted(observation)], axis=-1)
+
+
+TRUSTED_ENV_MODULES = ("gymnasium", "gymnasium_robotics", "make_demo_dataset")
+D4RL_KITCHEN_EVAL = dict(remove_task_when_completed=True, terminate_on_tasks_completed=True)
+
+
+def env_maker(spec: gym.envs.registration.EnvSpec, domain: str) -> Callable[[], gym.Env]:
+    """The evaluation env of a dataset, built from a registered id only: a dataset's metadata names its env by entry
+    point, and importing an arbitrary one would run code the user never chose."""
+    entry_point = spec.entry_point if isinstance(spec.entry_point, str) else repr(spec.entry_point)
+    module = entry_point.split(":")[0]
+    if module.split(".")[0] not in TRUSTED_ENV_MODULES:
+        raise UsageError(f"the dataset's evaluation env {spec.id} comes from {entry_point}, outside Gymnasium and"
+                         f" Gymnasium-Robotics; refusing to import it (pass --eval-env with a registered id)")
+    __import__(module.split(".")[0])  # registers its envs
+    registered = gym.registry.get(spec.id)
+    if registered is None or registered.entry_point != spec.entry_point:
+        raise UsageError(f"the dataset's evaluation env {spec.id} ({entry_point}) is not a registered Gymnasium env")
+    kwargs = dict(spec.kwargs)
+    if domain == "kitchen":  # score tasks done out of 4 as D4RL did: each task pays once, episode ends when all are done
+        kwargs |= D4RL_KITCHEN_EVAL  # Minari's data was collected with both off (README: Kitchen scoring)
+    return lambda: gym.make(spec.id, max_episode_steps=spec.max_episode_steps, **kwargs)
+
+
+def registered_env_maker(env_id: str) -> Callable[[], gym.Env]:
+    import gymnasium_robotics  # noqa: F401  (registers AntMaze, Adroit, Kitchen)
+
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        raise UsageError(f"--eval-env {env_id} is not a registered Gymnasium env" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return lambda: gym.make(env_id)
 
 
 @dataclass
@@ -220,49 +297,103 @@ class OfflineData:
     dones: np.ndarray  # terminations only: a time-limit truncation still bootstraps
     episode_returns: np.ndarray
     make_env: Callable[[], gym.Env]
-    ref_scores: Optional[tuple]
+    score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     description: str
 
 
-def load_minari(task: Task, name: str) -> OfflineData:
-    import minari
+def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
+    """100 (R - R_random) / (R_expert - R_random); the raw return where no reference is known."""
+    if ref_scores is None:
+        return lambda returns: returns
+    low, high = ref_scores
+    return lambda returns: 100.0 * (returns - low) / (high - low)
 
+
+def open_minari(dataset_id: str):
+    """The local copy of a Minari dataset, else a download; a damaged copy is one line, not a traceback."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    path = get_dataset_path(dataset_id)
+    if not os.path.isdir(os.path.join(path, "data")):
+        try:
+            return minari.load_dataset(dataset_id, download=True)
+        except Exception as error:  # no network, no huggingface_hub, unknown id
+            raise UsageError(
+                f"dataset {dataset_id} is not in {path} and could not be downloaded ({type(error).__name__});"
+                f" run `minari download {dataset_id}` where there is internet and copy it there, or set MINARI_DATASETS_PATH"
+            ) from None
+    try:
+        return minari.load_dataset(dataset_id)
+    except Exception as error:  # a missing main_data.hdf5, a corrupt metadata.json, ...
+        raise UsageError(f"{path} holds a damaged Minari dataset ({type(error).__name__}: {error});"
+                         f" remove it and download or make it again") from None
+
+
+def newest_local_version(dataset_id: str) -> str:
+    """A paper task reads the newest version held locally (D4RL/antmaze/umaze-v1, or a later -v2), else the id."""
+    from minari.storage import get_dataset_path
+
+    stem = dataset_id.rsplit("-v", 1)[0]
+    versions = [int(path.rsplit("-v", 1)[1]) for path in glob.glob(f"{get_dataset_path(stem)}-v*")
+                if path.rsplit("-v", 1)[1].isdigit() and os.path.isdir(os.path.join(path, "data"))]
+    return f"{stem}-v{max(versions)}" if versions else dataset_id
+
+
+ANTMAZE_SUCCESS_RADIUS = 0.45  # gymnasium_robotics maze_v4.py compute_reward and success (D4RL: 0.5)
+
+
+def antmaze_evaluation_goal(make_env: Callable[[], gym.Env]) -> np.ndarray:
+    """The centre of the evaluation maze's one goal cell: D4RL's AntMaze reward is 1 within reach of that goal."""
+    env = make_env()
+    goals = env.unwrapped.maze.unique_goal_locations
+    env.close()
+    if len(goals) != 1:
+        raise UsageError(f"the AntMaze evaluation env has {len(goals)} goal cells; D4RL's tasks have one")
+    return np.asarray(goals[0], dtype=np.float32)
+
+
+def load_minari(task: Task, name: str) -> OfflineData:
     dataset_id = task.minari_id
     if dataset_id is None:
         raise UsageError(
             f"Minari holds no copy of D4RL's {name}-v2; download the original HDF5 file (D4RL) and pass --dataset-path"
         )
-    try:
-        dataset = minari.load_dataset(dataset_id)
-    except FileNotFoundError:
-        from minari.storage import get_dataset_path
-
-        try:
-            dataset = minari.load_dataset(dataset_id, download=True)
-        except Exception as error:  # no network, no huggingface_hub, unknown id
-            raise UsageError(
-                f"dataset {dataset_id} is not in {get_dataset_path(dataset_id)} and could not be downloaded"
-                f" ({type(error).__name__}); run `minari download {dataset_id}` where there is internet and copy it"
-                f" there, or set MINARI_DATASETS_PATH"
-            ) from None
+    dataset_id = newest_local_version(dataset_id) if name in TASKS else dataset_id
+    dataset = open_minari(dataset_id)
+    if dataset.total_episodes == 0:
+        raise UsageError(f"the Minari dataset {dataset_id} holds no episodes")
+    eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5 keeps the eval spec private
+    make_env = env_maker(eval_spec, task.domain)
+    # Minari's AntMaze rewards (and desired_goal) follow a goal drawn anew in each collection episode, never the
+    # evaluation goal: relabel r_t from achieved_goal at t + 1 against the evaluation goal, as D4RL's data is
+    goal = antmaze_evaluation_goal(make_env) if task.domain == "antmaze" else None
     columns = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "dones")}
     returns = []
-    for episode in dataset.iterate_episodes():
-        observations = flatten_observation(episode.observations)
-        columns["observations"].append(observations[:-1])
-        columns["next_observations"].append(observations[1:])
-        columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
-        columns["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
-        columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
-        returns.append(float(np.sum(episode.rewards)))
+    try:
+        for episode in dataset.iterate_episodes():
+            observations = flatten_observation(episode.observations)
+            columns["observations"].append(observations[:-1])
+            columns["next_observations"].append(observations[1:])
+            columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+            rewards = np.asarray(episode.rewards, dtype=np.float32) if goal is None else (
+                np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= ANTMAZE_SUCCESS_RADIUS)
+            columns["rewards"].append(rewards.astype(np.float32))
+            columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
+            returns.append(float(np.sum(rewards)))
+        arrays = {key: np.concatenate(value) for key, value in columns.items()}
+    except (OSError, KeyError, ValueError, TypeError) as error:  # a truncated file, episodes of other shapes
+        raise UsageError(f"the episodes of {dataset_id} cannot be read ({type(error).__name__}: {error})") from None
     metadata = dataset.storage.metadata
-    ref_scores = task.ref_scores  # paper tasks keep D4RL's reference returns: scores on the paper's scale
-    if ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
-        ref_scores = (float(metadata["ref_min_score"]), float(metadata["ref_max_score"]))
-    arrays = {key: np.concatenate(value) for key, value in columns.items()}
-    return OfflineData(**arrays, episode_returns=np.asarray(returns), ref_scores=ref_scores,
-                       make_env=lambda: dataset.recover_environment(eval_env=True),
-                       description=f"Minari {dataset_id}: {dataset.total_episodes} episodes")
+    score = d4rl_score(task.ref_scores)  # paper tasks keep D4RL's reference returns: scores on the paper's scale
+    if task.ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
+        import minari
+
+        score = lambda returns: 100.0 * minari.get_normalized_score(dataset, returns)  # noqa: E731
+    replica = " (a structural REPLICA, not the real data)" if str(metadata.get("algorithm_name", "")).startswith("replica") else ""
+    relabelled = f", rewards relabelled to the evaluation goal {goal.tolist()}" if goal is not None else ""
+    return OfflineData(**arrays, episode_returns=np.asarray(returns), score=score, make_env=make_env,
+                       description=f"Minari {dataset_id}: {dataset.total_episodes} episodes{replica}{relabelled}")
 
 
 def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
@@ -279,12 +410,10 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
             if missing:
                 raise UsageError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
             data = {key: np.asarray(file[key]) for key in (*required, "next_observations") if key in file}
-    except OSError as error:
-        raise UsageError(f"cannot read {path} as HDF5: {error}") from None
+    except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, a group where an array belongs
+        raise UsageError(f"cannot read {path} as D4RL HDF5: {error}") from None
+    check_arrays(data, path)
     n = len(data["observations"])
-    if any(len(value) != n for value in data.values()):
-        lengths = ", ".join(f"{key} {len(value)}" for key, value in data.items())
-        raise UsageError(f"{path} is inconsistent: its arrays differ in length ({lengths})")
     terminals, timeouts = data["terminals"].astype(bool), data["timeouts"].astype(bool)
     if "next_observations" in data:
         keep = np.arange(n)
@@ -301,10 +430,27 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
         next_observations=np.asarray(next_observations, dtype=np.float32),
         dones=terminals[keep].astype(np.float32),
         episode_returns=np.asarray(returns, dtype=np.float64),
-        make_env=lambda: gym.make(task.env_id),
-        ref_scores=task.ref_scores,
+        make_env=registered_env_maker(task.env_id),
+        score=d4rl_score(task.ref_scores),
         description=f"D4RL HDF5 {path}: {len(keep)} transitions, evaluated on {task.env_id}",
     )
+
+
+def check_arrays(arrays: dict, source: str):
+    """Numbers only, one row per transition, the right number of dimensions, no NaN or inf (said by array and row)."""
+    n = len(arrays["observations"])
+    if n == 0:
+        raise UsageError(f"{source} holds no transitions")
+    for key, value in arrays.items():
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
+            raise UsageError(f"{source}: {key} holds {value.dtype}, not numbers")
+        matrix = key in ("observations", "next_observations", "actions")
+        if value.shape[:1] != (n,) or value.ndim != 1 + matrix:
+            raise UsageError(f"{source}: {key} has shape {value.shape}; expected {'(N, d)' if matrix else '(N,)'}"
+                             f" with N = {n}, as observations")
+        finite = np.isfinite(value.reshape(n, -1)).all(1)
+        if not finite.all():
+            raise UsageError(f"{source}: {key} holds NaN or inf (row {int(np.flatnonzero(~finite)[0])})")
 
 
 def check_spaces(data: OfflineData, env: gym.Env) -> tuple:
@@ -335,6 +481,11 @@ def transform_rewards(name: str, rewards: np.ndarray, episode_returns: np.ndarra
     return rewards
 
 
+def normalize_observations(observations: np.ndarray, statistics: dict) -> np.ndarray:
+    clip = statistics["observation_clip"]
+    return np.clip((observations - statistics["observation_mean"]) / statistics["observation_std"], -clip, clip)
+
+
 class DeviceBuffer:
     """The whole dataset as tensors on the device; batches are drawn there, without host syncs."""
 
@@ -351,23 +502,31 @@ class DeviceBuffer:
 def prepare_data(config, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_hdf5(task, config.env, config.dataset_path) if config.dataset_path else load_minari(task, config.env)
+    check_arrays(dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
+                      next_observations=data.next_observations, dones=data.dones), data.description)
+    if config.eval_env is not None:
+        data.make_env = registered_env_maker(config.eval_env)
+        data.description += f", evaluated on {config.eval_env}"
     env = data.make_env()
     action_low, action_high = check_spaces(data, env)
     env.close()
-    if config.normalize_obs:
-        observation_mean = data.observations.mean(0)
-        observation_std = data.observations.std(0) + 1e-3
-    else:
-        observation_mean = np.zeros(data.observations.shape[1], np.float32)
-        observation_std = np.ones(data.observations.shape[1], np.float32)
+    dim = data.observations.shape[1]
+    observation_mean, observation_std = np.zeros(dim), np.ones(dim)
+    observation_clip = np.inf
+    if config.normalize_obs == "per-dimension":
+        observation_mean, observation_std = data.observations.mean(0), data.observations.std(0) + 1e-3
+    elif config.normalize_obs == "scalar":  # the released code: one mean and std over every entry, then clip
+        observation_mean, observation_std = np.full(dim, data.observations.mean()), np.full(dim, data.observations.std() + 1e-3)
+        observation_clip = 10.0  # sail-sg/edp utilities/utils.py norm_obs
     statistics = dict(observation_mean=observation_mean.astype(np.float32), observation_std=observation_std.astype(np.float32),
-                      action_low=action_low, action_high=action_high)
+                      observation_clip=observation_clip, action_low=action_low, action_high=action_high)
     action_mid, action_half = (action_high + action_low) / 2, (action_high - action_low) / 2
     arrays = dict(
-        observations=(data.observations - observation_mean) / observation_std,
-        actions=np.clip((data.actions - action_mid) / action_half, -1.0, 1.0),  # the policy acts in [-1, 1]
+        observations=normalize_observations(data.observations, statistics),
+        # the policy acts in [-1, 1]; the released code clips dataset actions to +-0.999
+        actions=np.clip((data.actions - action_mid) / action_half, -config.action_clip, config.action_clip),
         rewards=transform_rewards(config.reward_transform, data.rewards, data.episode_returns)[:, None],
-        next_observations=(data.next_observations - observation_mean) / observation_std,
+        next_observations=normalize_observations(data.next_observations, statistics),
         dones=data.dones[:, None],
     )
     return DeviceBuffer(arrays, torch.device(config.device)), data, statistics
@@ -430,12 +589,21 @@ class DiffusionAgent:
             if isinstance(getattr(self, name), nn.Module):
                 getattr(self, name).compile()
 
+    @property
+    def sample_kwargs(self) -> dict:
+        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
+        config = self.config
+        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
+                    skip=config.dpm_skip)
+
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with the EMA policy and min(Q1, Q2)."""
-        # our choice: the EMA policy (the one giving TD-target actions) acts, not the online one
-        return energy_based_action_selection(self.ema_policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, **self.sample_kwargs)
+        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
+        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
+        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
+        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
+                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
+                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
 
     def state_dict(self) -> dict:
         return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
@@ -481,7 +649,6 @@ class EDPIQL(DiffusionAgent):
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr)
-        self.sample_kwargs = dict(sampler=config.sampler, steps=config.dpm_steps)
         self.step = 0
 
     def update(self, batch: dict) -> dict:
@@ -530,21 +697,16 @@ Agent = EDPIQL
 class Evaluator:
     """Runs `episodes` episodes in a vector env from fixed seeds, so evaluations are comparable."""
 
-    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, ref_scores, device):
+    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, score: Callable, device):
         self.envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
-        self.episodes, self.seed, self.domain, self.ref_scores, self.device = episodes, seed, domain, ref_scores, device
-        self.observation_mean, self.observation_std = statistics["observation_mean"], statistics["observation_std"]
+        self.episodes, self.seed, self.domain, self.score, self.device = episodes, seed, domain, score, device
+        self.statistics = statistics
         self.action_mid = (statistics["action_high"] + statistics["action_low"]) / 2
         self.action_half = (statistics["action_high"] - statistics["action_low"]) / 2
 
     def normalized_score(self, episode_return: np.ndarray, success: np.ndarray) -> np.ndarray:
-        """x100: AntMaze by success, the rest by (R - R_random) / (R_expert - R_random)."""
-        if self.domain == "antmaze":
-            return 100.0 * success
-        if self.ref_scores is None:
-            return episode_return
-        low, high = self.ref_scores
-        return 100.0 * (episode_return - low) / (high - low)
+        """x100: AntMaze by success, the rest by the dataset's reference returns."""
+        return 100.0 * success if self.domain == "antmaze" else self.score(episode_return)
 
     def __call__(self, act: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         start = time.perf_counter()
@@ -556,7 +718,7 @@ class Evaluator:
         action = np.zeros(self.envs.action_space.shape, dtype=np.float32)
         while not finished.all():
             active = ~finished
-            state = (flatten_observation(observation)[active] - self.observation_mean) / self.observation_std
+            state = normalize_observations(flatten_observation(observation)[active], self.statistics)
             policy_action = act(torch.as_tensor(state, dtype=torch.float32, device=self.device)).cpu().numpy()
             action[active] = self.action_mid + self.action_half * policy_action
             observation, reward, terminated, truncated, info = self.envs.step(action)
@@ -610,6 +772,11 @@ def one_line(error: Exception) -> str:
 def resolve_config(args: Args, task: Task) -> Args:
     """Fill every unset flag from the presets of the task's domain and check the result."""
     presets = DOMAIN_PRESETS[task.domain] | ALGORITHM_PRESETS[task.domain]
+    if args.preset == "released":  # per-task clip where the authors' table has the task, else Table 3's
+        presets |= RELEASED_PRESET | ALGORITHM_RELEASED.get(task.domain, {}) | dict(
+            grad_clip=RELEASED_GRAD_CLIP.get(args.env, presets["grad_clip"]))
+    else:
+        presets |= PAPER_PRESET
     filled = {key: value for key, value in presets.items() if hasattr(args, key) and getattr(args, key) is None}
     if args.total_steps is None:
         filled["total_steps"] = presets["epochs"] * STEPS_PER_EPOCH
@@ -626,8 +793,11 @@ def resolve_config(args: Args, task: Task) -> Args:
             and 0 < config.ema_tau <= 1 and config.eas_temperature > 0):
         raise UsageError("need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1,"
                          " --eas-temperature > 0")
+    if not (0 < config.action_clip <= 1 and config.noise_scale >= 0 and config.policy_scale > 0):
+        raise UsageError("need 0 < --action-clip <= 1, --noise-scale >= 0, --policy-scale > 0")
     try:
         make_beta_schedule(config.schedule, config.num_diffusion_steps)
+        check_sampler_args(config.sampler, config.dpm_steps, config.dpm_order, config.dpm_method, config.dpm_skip)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if config.device.startswith("cuda") and not torch.cuda.is_available():
@@ -786,7 +956,7 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
     if config.compile:
         agent.compile()
     evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain,
-                          data.ref_scores, device)
+                          data.score, device)
 
     import wandb
 
@@ -800,7 +970,7 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
 
     def save(path: str):
         state = dict(algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), evaluations=evaluations,
-                     statistics={key: torch.from_numpy(value) for key, value in statistics.items()}, wandb_id=wandb_id,
+                     statistics={key: torch.as_tensor(value) for key, value in statistics.items()}, wandb_id=wandb_id,
                      rng=rng_state())
         atomic_write(path, lambda temporary: torch.save(state, temporary))
 

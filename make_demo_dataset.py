@@ -15,17 +15,40 @@ API from real Gymnasium environments and honest reference scores (both measured 
     python make_demo_dataset.py pendulum            # -> Minari id edp/pendulum-mixed-v0
     python make_demo_dataset.py modes --episodes 2000
 
+Structural replicas of the paper's Minari datasets (`make_replica`, ids in REPLICA_IDS): a few
+random-action episodes written under the REAL dataset id, with the environment id, kwargs, time
+limit and evaluation environment Minari's generation scripts used
+(github.com/Farama-Foundation/minari-dataset-generation-scripts), the same spaces, reward /
+termination / truncation semantics and reference scores. They are NOT the real data: use them to
+test loading, preprocessing and evaluation code offline. Marked by algorithm_name "replica/...".
+
+  kitchen-{complete,partial,mixed}   D4RL/kitchen/*-v2   FrankaKitchen-v1
+  pen-{human,cloned}                 D4RL/pen/*-v2       AdroitHandPen-v1
+  antmaze-{umaze,umaze-diverse,medium-play,medium-diverse,large-play,large-diverse}
+                                     D4RL/antmaze/*-v1   AntMaze_*-v4 (+ eval env with one r and one g cell)
+
+    python make_demo_dataset.py kitchen-complete --episodes 3 --max-steps 50
+    python make_demo_dataset.py antmaze-umaze    # -> D4RL/antmaze/umaze-v1
+
+D4RL-format HDF5 replicas for locomotion (`make_d4rl_hdf5`; Minari holds no D4RL -v2 locomotion
+data): random actions on the Gymnasium -v4 env, keys observations, next_observations, actions,
+rewards (float32), terminals (falls) and timeouts (the time limit, 1000 unless --max-steps) (bool).
+
+    python make_demo_dataset.py hopper --path hopper-replica.hdf5 --episodes 3
+
 Datasets go to $MINARI_DATASETS_PATH (default ~/.minari/datasets), where `minari.load_dataset`
 and the edp_*.py scripts find them.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
-from dataclasses import dataclass
-from typing import Literal
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -85,29 +108,45 @@ def pointmaze_controller(obs: dict) -> np.ndarray:
 
 
 # ---- collection -----------------------------------------------------------------------------------
-def run_episode(env: gym.Env, act, seed: int) -> dict:
-    observation, _ = env.reset(seed=seed)
+def stack(items: list):
+    """Stack a list of (possibly nested dict) observations into arrays with a leading time axis."""
+    if isinstance(items[0], dict):
+        return {key: stack([item[key] for item in items]) for key in items[0]}
+    return np.stack(items)
+
+
+def run_episode(env: gym.Env, act, seed: int, options: Optional[dict] = None, max_steps: Optional[int] = None,
+                after_reset: Optional[Callable] = None, record_info: Optional[Callable] = None) -> dict:
+    """One episode as Minari episode-buffer fields (observations have T + 1 entries).
+
+    max_steps cuts the episode there as a time limit would (last truncation True unless it terminated);
+    after_reset(env) may change the reset state and returns the new first observation;
+    record_info(env, observation, info) returns the step's stored infos (T + 1 entries, reset first).
+    """
+    observation, info = env.reset(seed=seed, options=options)
+    if after_reset is not None:
+        observation = after_reset(env)
     observations, actions, rewards, terminations, truncations = [observation], [], [], [], []
+    infos = [record_info(env, observation, info)] if record_info else None
     while True:
         action = act(observation)
-        observation, reward, terminated, truncated, _ = env.step(action)
+        observation, reward, terminated, truncated, info = env.step(action)
         observations.append(observation)
         actions.append(action)
         rewards.append(reward)
         terminations.append(terminated)
-        truncations.append(truncated)
-        if terminated or truncated:
+        truncations.append(truncated or (not terminated and len(actions) == max_steps))
+        if infos is not None:
+            infos.append(record_info(env, observation, info))
+        if terminations[-1] or truncations[-1]:
             break
-    if isinstance(observations[0], dict):
-        observations = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
-    else:
-        observations = np.stack(observations)
     return dict(
-        observations=observations,
+        observations=stack(observations),
         actions=np.stack(actions),
         rewards=np.asarray(rewards, np.float64),
         terminations=np.asarray(terminations),
         truncations=np.asarray(truncations),
+        **({"infos": stack(infos)} if infos is not None else {}),
     )
 
 
@@ -144,16 +183,41 @@ def reference_score(kind: str, env: gym.Env, act, episodes: int, seed: int) -> f
     return float(np.mean([run_episode(env, act, seed + i)["rewards"].sum() for i in range(episodes)]))
 
 
+def _clear(dataset_id: str, overwrite: bool) -> bool:
+    """Delete an existing local dataset when overwriting; True if it exists and must be kept."""
+    import minari
+
+    if dataset_id in minari.list_local_datasets():
+        if not overwrite:
+            return True
+        minari.delete_dataset(dataset_id)
+    return False
+
+
+def write_dataset(dataset_id: str, buffers: list, env: gym.Env, eval_env, **metadata) -> None:
+    """minari.create_dataset_from_buffers, removing the folder a creation that fails half-way leaves."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    try:
+        with warnings.catch_warnings():  # the real kitchen and pen datasets have no eval env either
+            warnings.filterwarnings("ignore", message="`eval_env` is set to None")
+            minari.create_dataset_from_buffers(
+                dataset_id=dataset_id, buffer=buffers, env=env, eval_env=eval_env,
+                author="EDP reference implementation (make_demo_dataset.py)", author_email="none",
+                code_permalink="make_demo_dataset.py", **metadata)
+    except BaseException:
+        shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)
+        raise
+
+
 def make_dataset(kind: str, episodes: int, seed: int = 0, overwrite: bool = True) -> str:
     """Collect `episodes` episodes, write them as a Minari dataset and return its id."""
-    import minari
     from minari.data_collector import EpisodeBuffer
 
     dataset_id = DATASET_IDS[kind]
-    if dataset_id in minari.list_local_datasets():
-        if not overwrite:
-            return dataset_id
-        minari.delete_dataset(dataset_id)
+    if _clear(dataset_id, overwrite):
+        return dataset_id
     env = make_env(kind)
     env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
@@ -169,41 +233,259 @@ def make_dataset(kind: str, episodes: int, seed: int = 0, overwrite: bool = True
     else:
         controller = pendulum_controller if kind == "pendulum" else pointmaze_controller
         expert_score = reference_score(kind, env, controller, 20, 20_000 + seed)
-    try:
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id,
-            buffer=buffers,
-            env=env,
-            eval_env=env.spec,
-            author="EDP reference implementation (make_demo_dataset.py)",
-            author_email="none",
-            code_permalink="make_demo_dataset.py",
-            algorithm_name=f"scripted-{kind}-mixed",
-            ref_min_score=random_score,
-            ref_max_score=expert_score,
-            description=__doc__.split("\n\n")[1],
-        )
-    except BaseException:
-        # a creation that fails half-way leaves a broken folder behind: remove it
-        from minari.storage import get_dataset_path
-
-        shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)
-        raise
+    write_dataset(dataset_id, buffers, env, env.spec, algorithm_name=f"scripted-{kind}-mixed",
+                  ref_min_score=random_score, ref_max_score=expert_score, description=__doc__.split("\n\n")[1])
     return dataset_id
+
+
+# ---- structural replicas of the paper's Minari datasets -------------------------------------------
+# Constants from github.com/Farama-Foundation/minari-dataset-generation-scripts ("scripts" below).
+R, G = "r", "g"  # gymnasium_robotics.envs.maze.maps: reset and goal cells
+
+# scripts/D4RL/kitchen/create_franka_dataset.py: GOAL_TASKS and max_episode_steps (450 partial/mixed, 280 complete)
+KITCHEN = {
+    "complete": (["microwave", "kettle", "light switch", "slide cabinet"], 280),
+    "partial": (["microwave", "kettle", "light switch", "slide cabinet"], 450),
+    "mixed": (["microwave", "kettle", "bottom burner", "light switch"], 450),
+}
+# scripts/D4RL/antmaze/create_antmaze_dataset.py (v2 ids) = scripts/antmaze/create_antmaze_dataset.py (v1 ids):
+# DATASET_ID_TO_ENV_ID, the umaze collection map, and EVAL_ENV_MAPS (one r and one g cell each)
+ANTMAZE = {
+    "umaze": ("AntMaze_UMaze-v4", "umaze"),
+    "umaze-diverse": ("AntMaze_UMaze-v4", "umaze"),
+    "medium-play": ("AntMaze_Medium-v4", "medium"),
+    "medium-diverse": ("AntMaze_Medium_Diverse_GR-v4", "medium"),
+    "large-play": ("AntMaze_Large-v4", "large"),
+    "large-diverse": ("AntMaze_Large_Diverse_GR-v4", "large"),
+}
+ANTMAZE_UMAZE_COLLECTION_MAP = [[1, 1, 1, 1, 1], [1, G, 0, 0, 1], [1, 1, 1, 0, 1], [1, R, 0, 0, 1], [1, 1, 1, 1, 1]]
+ANTMAZE_EVAL_MAPS = {
+    "umaze": [[1, 1, 1, 1, 1], [1, 0, 0, R, 1], [1, 0, 1, 1, 1], [1, 0, 0, G, 1], [1, 1, 1, 1, 1]],
+    "medium": [[1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 1, 1, 0, 0, 1], [1, 0, 0, 1, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 1, 1],
+               [1, 0, 0, 1, 0, 0, 0, 1], [1, 0, 1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 0, G, 1], [1, 1, 1, 1, 1, 1, 1, 1]],
+    "large": [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, R, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+              [1, 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1], [1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1],
+              [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
+              [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
+}
+# Reference returns: D4RL's (d4rl/infos.py). scripts/D4RL/adroit/recreate_adroit_pen.py and the kitchen script
+# pass none, the AntMaze script measures them (random policy / its expert on the eval env): see the report.
+D4RL_REF_SCORES = {"kitchen": (0.0, 4.0), "pen": (96.262799, 3076.8331), "antmaze": (0.0, 1.0)}
+ANTMAZE_SUCCESS_RADIUS = 0.45  # gymnasium_robotics/envs/maze/maze_v4.py compute_reward (D4RL used 0.5)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What a replica copies from the real dataset: its id, gym.make arguments and evaluation map."""
+
+    family: str  # kitchen, pen or antmaze
+    dataset_id: str
+    env_id: str
+    kwargs: dict = field(default_factory=dict)  # gym.make kwargs the generation script passed
+    max_episode_steps: Optional[int] = None  # None: the registered time limit (AntMaze: 700 umaze, else 1000)
+    eval_maze: Optional[str] = None  # AntMaze: key of ANTMAZE_EVAL_MAPS
+
+    def make_env(self) -> gym.Env:
+        import gymnasium_robotics
+
+        gym.register_envs(gymnasium_robotics)
+        return gym.make(self.env_id, max_episode_steps=self.max_episode_steps, **self.kwargs)
+
+    def eval_env_spec(self, env: gym.Env):
+        """AntMaze: the collection spec with the fixed evaluation map; None (= the collection env) otherwise."""
+        if self.eval_maze is None:
+            return None
+        spec = copy.deepcopy(env.spec)
+        spec.kwargs["maze_map"] = ANTMAZE_EVAL_MAPS[self.eval_maze]
+        return spec
+
+
+REPLICAS = {
+    **{f"kitchen-{name}": Replica("kitchen", f"D4RL/kitchen/{name}-v2", "FrankaKitchen-v1",
+                                  dict(remove_task_when_completed=False, terminate_on_tasks_completed=False,
+                                       tasks_to_complete=tasks), steps)
+       for name, (tasks, steps) in KITCHEN.items()},
+    # scripts/D4RL/adroit/recreate_adroit_pen.py: gym.make('AdroitHandPen-v1', max_episode_steps=200)
+    **{f"pen-{name}": Replica("pen", f"D4RL/pen/{name}-v2", "AdroitHandPen-v1", {}, 200)
+       for name in ["human", "cloned"]},
+    # AntMaze script: gym.make(env_id, [maze_map=...,] continuing_task=True, reset_target=False), registered limit
+    **{f"antmaze-{name}": Replica("antmaze", f"D4RL/antmaze/{name}-v1", env_id,
+                                  dict(**({"maze_map": ANTMAZE_UMAZE_COLLECTION_MAP} if name == "umaze" else {}),
+                                       continuing_task=True, reset_target=False), None, eval_maze)
+       for name, (env_id, eval_maze) in ANTMAZE.items()},
+}
+REPLICA_IDS = {task: replica.dataset_id for task, replica in REPLICAS.items()}
+
+
+def antmaze_goal_cells(maze) -> list:
+    """The (row, col) cells an AntMaze env draws goals from."""
+    return [tuple(int(v) for v in maze.cell_xy_to_rowcol(xy)) for xy in maze.unique_goal_locations]
+
+
+def _first_seed(env: gym.Env, start: int, options: dict, accept: Callable[[dict], bool]) -> int:
+    """The first reset seed from `start` whose (noisy) reset observation passes `accept`."""
+    for seed in range(start, start + 5000):
+        if accept(env.reset(seed=seed, options=options)[0]):
+            return seed
+    raise RuntimeError("no accepted AntMaze reset found")
+
+
+def replica_episode(replica: Replica, env: gym.Env, rng: np.random.Generator, episode: int, seed: int) -> dict:
+    """Reset arguments (seed, options, after_reset, record_info) of a replica's episode `episode`.
+
+    Episodes cycle through three starts so that rewards are not all zero:
+    kitchen: plain reset / one / two target tasks already done (set in the simulator after reset);
+    antmaze: at the collection goal / at the evaluation goal cell centre / where the env resets.
+    AntMaze collection goals are drawn, as in the real data, per episode and never in the evaluation
+    goal cell: rewards and desired_goal are relative to them, not to the evaluation goal.
+    """
+    start = seed * 1_000_000 + episode * 10_000
+    kind = episode % 3
+    if replica.family == "pen":  # scripts/D4RL/adroit/utils.py AdroitStepDataCallback: infos {success}
+        return dict(seed=start, record_info=lambda env, obs, info: {"success": bool(info.get("success", False))})
+    if replica.family == "kitchen":
+        from gymnasium_robotics.envs.franka_kitchen.kitchen_env import OBS_ELEMENT_GOALS, OBS_ELEMENT_INDICES
+
+        tasks = [task for task in replica.kwargs["tasks_to_complete"] if task != "kettle"]
+        done = list(rng.choice(tasks, size=kind, replace=False))
+
+        def after_reset(env):
+            kitchen = env.unwrapped
+            qpos = kitchen.data.qpos.copy()
+            for task in done:
+                qpos[OBS_ELEMENT_INDICES[task]] = OBS_ELEMENT_GOALS[task]
+            kitchen.robot_env.set_state(qpos, kitchen.data.qvel.copy())
+            return kitchen._get_obs(kitchen.robot_env._get_obs())
+
+        # scripts/D4RL/kitchen/create_franka_dataset.py KitchenStepDataCallback: infos {ctrl}
+        return dict(seed=start, after_reset=after_reset if done else None,
+                    record_info=lambda env, obs, info: {"ctrl": env.unwrapped.data.ctrl.copy()})
+    maze = env.unwrapped.maze
+    eval_cell = tuple(int(v) for v in np.argwhere(np.array(ANTMAZE_EVAL_MAPS[replica.eval_maze], dtype=object) == G)[0])
+    cells = [cell for cell in antmaze_goal_cells(maze) if cell != eval_cell]
+    goal_cell = cells[rng.integers(len(cells))]
+    options = {"goal_cell": np.array(goal_cell)}
+    near = ANTMAZE_SUCCESS_RADIUS / 2  # start well inside the success radius, so random steps stay there a while
+    if kind == 0:
+        options["reset_cell"] = np.array(goal_cell)
+        accept = lambda obs: np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]) < near  # noqa: E731
+    elif kind == 1:
+        options["reset_cell"] = np.array(eval_cell)
+        centre = maze.cell_rowcol_to_xy(np.array(eval_cell))
+        accept = lambda obs: np.linalg.norm(obs["achieved_goal"] - centre) < near  # noqa: E731
+    else:
+        accept = lambda obs: True  # noqa: E731
+
+    def record_info(env, obs, info):  # scripts AntMazeStepDataCallback: infos {success, qpos, qvel, goal}
+        return {"success": bool(info["success"]),
+                "qpos": np.concatenate([obs["achieved_goal"], obs["observation"][:13]]),
+                "qvel": obs["observation"][13:], "goal": obs["desired_goal"]}
+
+    return dict(seed=_first_seed(env, start, options, accept), options=options, record_info=record_info)
+
+
+def make_replica(task: str, episodes: int = 3, seed: int = 0, overwrite: bool = True,
+                 max_steps: Optional[int] = None) -> str:
+    """Write a small structural replica of a paper task's Minari dataset under its real id; return the id.
+
+    Random actions, `episodes` episodes, each cut at `max_steps` (default: the env's own time limit).
+    """
+    from minari.data_collector import EpisodeBuffer
+
+    replica = REPLICAS[task]
+    if _clear(replica.dataset_id, overwrite):
+        return replica.dataset_id
+    env = replica.make_env()
+    env.action_space.seed(seed)
+    rng = np.random.default_rng(seed)
+    buffers = []
+    for i in range(episodes):
+        setup = replica_episode(replica, env, rng, i, seed)
+        data = run_episode(env, lambda obs: env.action_space.sample(), max_steps=max_steps, **setup)
+        buffers.append(EpisodeBuffer(id=i, seed=setup["seed"], options=setup.get("options"), **data))
+    low, high = D4RL_REF_SCORES[replica.family]
+    write_dataset(
+        replica.dataset_id, buffers, env, replica.eval_env_spec(env),
+        algorithm_name=f"replica/random-actions ({replica.family})",
+        ref_min_score=low, ref_max_score=high,
+        description=f"Small structural replica of the Minari dataset {replica.dataset_id}, NOT the real data: "
+                    f"{episodes} random-action episodes (some started with a task done or at a goal) in the "
+                    "environment, kwargs, time limit and evaluation environment of Minari's generation script, "
+                    "for offline tests. Written by make_demo_dataset.py.")
+    return replica.dataset_id
+
+
+# ---- D4RL-format HDF5 replicas (locomotion) --------------------------------------------------------
+# Gymnasium -v4 (mujoco bindings) is the closest to the mujoco-py -v2 envs D4RL's locomotion data came from
+LOCOMOTION = {"halfcheetah": "HalfCheetah-v4", "hopper": "Hopper-v4", "walker2d": "Walker2d-v4"}
+
+
+def make_d4rl_hdf5(robot: str, path: str, episodes: int = 3, seed: int = 0, max_steps: int = 1000) -> str:
+    """Write a D4RL-format HDF5 file of random-action episodes on the Gymnasium -v4 env; return its path.
+
+    D4RL semantics: terminals mark falls (the env's termination), timeouts the time limit (max_steps,
+    1000 as D4RL); next_observations as in the D4RL -v2 files. Written atomically.
+    """
+    import h5py
+
+    env = gym.make(LOCOMOTION[robot])
+    env.action_space.seed(seed)
+    act = lambda obs: env.action_space.sample()  # noqa: E731
+    data = [run_episode(env, act, seed + i, max_steps=max_steps) for i in range(episodes)]
+    arrays = {
+        "observations": np.concatenate([d["observations"][:-1] for d in data]).astype(np.float32),
+        "next_observations": np.concatenate([d["observations"][1:] for d in data]).astype(np.float32),
+        "actions": np.concatenate([d["actions"] for d in data]).astype(np.float32),
+        "rewards": np.concatenate([d["rewards"] for d in data]).astype(np.float32),
+        "terminals": np.concatenate([d["terminations"] for d in data]).astype(bool),
+        "timeouts": np.concatenate([d["truncations"] for d in data]).astype(bool),
+    }
+    temporary = f"{path}.partial"
+    try:
+        with h5py.File(temporary, "w") as file:
+            for key, value in arrays.items():
+                file.create_dataset(key, data=value, compression="gzip")
+            file.attrs["description"] = (f"Small structural replica of D4RL {robot} data, NOT the real data: "
+                                         f"random actions on {LOCOMOTION[robot]} (make_demo_dataset.py)")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+KINDS = (*DATASET_IDS, *REPLICAS, *LOCOMOTION)
 
 
 @dataclass
 class Args:
-    kind: tyro.conf.Positional[Literal["pendulum", "pointmaze", "modes"]]
-    """which dataset to make"""
-    episodes: int = 60
-    """number of episodes to collect"""
+    kind: tyro.conf.Positional[Literal[KINDS]]  # type: ignore[valid-type]
+    """which dataset to make: a demo kind, a paper task's Minari replica, or a locomotion robot (HDF5)"""
+    episodes: Optional[int] = None
+    """number of episodes to collect (default 60 for demo kinds, 3 for replicas and HDF5 files)"""
     seed: int = 0
     """seed of the environment and the behaviour policy"""
+    max_steps: Optional[int] = None
+    """replicas and HDF5: cut each episode at this many steps (default: the env's limit, 1000 for HDF5)"""
+    path: Optional[str] = None
+    """HDF5 kinds: output file (default <robot>-replica.hdf5)"""
+
+
+def main(args: Args) -> str:
+    if args.kind in LOCOMOTION:
+        path = make_d4rl_hdf5(args.kind, args.path or f"{args.kind}-replica.hdf5", args.episodes or 3, args.seed,
+                              args.max_steps or 1000)
+        print(f"wrote D4RL-format HDF5 {path}")
+        return path
+    if args.kind in REPLICAS:
+        dataset_id = make_replica(args.kind, args.episodes or 3, args.seed, max_steps=args.max_steps)
+    else:
+        dataset_id = make_dataset(args.kind, args.episodes or 60, args.seed)
+    print(f"wrote Minari dataset {dataset_id} to {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+    return dataset_id
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    dataset_id = make_dataset(args.kind, args.episodes, args.seed)
-    print(f"wrote Minari dataset {dataset_id} to {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+    main(tyro.cli(Args))
     sys.exit(0)

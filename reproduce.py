@@ -3,7 +3,8 @@
     python reproduce.py --domains antmaze kitchen adroit            # 3 algorithms x 11 tasks x 5 seeds
     python reproduce.py --domains locomotion --d4rl-dir ~/d4rl      # needs D4RL's HDF5 files
     python reproduce.py --address auto ...                          # on a running Ray cluster
-    python reproduce.py --report-only --out-dir sweeps/paper        # tables and plots from the files
+    python reproduce.py --report-only --out-dir sweeps/released     # tables and plots from the files
+    python reproduce.py --preset paper ...                          # Table 3 and the text instead
 
 Each run is one of the three scripts with its presets, in <out-dir>/runs/<algo>/<task>/seed<k>.
 A run that finished (its done.json) is skipped; an interrupted one (a checkpoint but no done.json)
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import tyro
@@ -77,8 +78,10 @@ class Args:
     """algorithms: td3, crr, iql"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """seeds of every task and algorithm (the paper: 5)"""
-    out_dir: str = "sweeps/paper"
-    """runs, tables and plots go here"""
+    preset: Literal["paper", "released"] = "released"
+    """configuration of every run: released (the authors' code, which made the published tables) or paper"""
+    out_dir: Optional[str] = None
+    """runs, tables and plots go here (default: sweeps/<preset>)"""
     d4rl_dir: Optional[str] = None
     """folder of D4RL's HDF5 files (e.g. hopper_medium_replay-v2.hdf5) for the locomotion tasks"""
     address: Optional[str] = None
@@ -98,7 +101,7 @@ class Args:
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
-SWEEP_FLAGS = ("--env", "--seed", "--run-dir", "--wandb-group", "--dataset-path", "--resume")  # set per run below
+SWEEP_FLAGS = ("--env", "--seed", "--run-dir", "--wandb-group", "--preset", "--dataset-path", "--resume")  # set per run
 
 
 @dataclass
@@ -132,7 +135,8 @@ def plan(args: Args) -> list:
             for seed in args.seeds:
                 run_dir = os.path.join(args.out_dir, "runs", algo, task.replace("/", "-"), f"seed{seed}")
                 command = [sys.executable, os.path.join(ROOT, f"edp_{algo}.py"), "--env", task, "--seed", str(seed),
-                           "--run-dir", run_dir, "--wandb-group", group, *shlex.split(args.script_args)]
+                           "--run-dir", run_dir, "--wandb-group", group, "--preset", args.preset,
+                           *shlex.split(args.script_args)]
                 if task in DOMAIN_TASKS["locomotion"]:
                     command += ["--dataset-path", d4rl_file(args.d4rl_dir or ".", task)]
                 runs.append(Run(algo, task, seed, run_dir, command))
@@ -165,7 +169,7 @@ def check(args: Args):
     taken = [flag for flag in SWEEP_FLAGS if flag in given]
     if taken:
         fail(f"--script-args may not set {', '.join(taken)}: the sweep sets them for each run"
-             f" (use --tasks, --seeds, --out-dir, --wandb-group, --d4rl-dir of reproduce.py)")
+             f" (use --tasks, --seeds, --out-dir, --wandb-group, --preset, --d4rl-dir of reproduce.py)")
 
 
 def check_d4rl_files(args: Args, runs: list):
@@ -256,7 +260,7 @@ def sweep(args: Args, runs: list):
 
 
 # ---- tables and plots --------------------------------------------------------------------------------
-SUMMARY_KEYS = ("algo", "env", "rat", "oms", "evaluations")  # what the tables and plots read
+SUMMARY_KEYS = ("algo", "env", "config", "rat", "oms", "evaluations")  # what the tables and plots read
 
 
 def load_summaries(out_dir: str) -> dict:
@@ -328,18 +332,28 @@ def tables(results: dict, out_dir: str) -> tuple:
         rows2.append(average)
     rows2 = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows2]
     for name, rows in (("table2", rows2), ("table5", rows5)):
-        write_table(rows, os.path.join(out_dir, name))
+        write_table(rows, os.path.join(out_dir, name), f"Preset: {presets_of(results)}")
     return rows2, rows5
 
 
-def write_table(rows: list, path: str):
+def presets_of(results: dict) -> str:
+    """Which preset made the runs of a table, e.g. "released (60 runs)"."""
+    counts = {}
+    for summaries in results.values():
+        for summary in summaries:
+            preset = summary["config"].get("preset", "paper")
+            counts[preset] = counts.get(preset, 0) + 1
+    return ", ".join(f"{preset} ({count} runs)" for preset, count in sorted(counts.items()))
+
+
+def write_table(rows: list, path: str, caption: str):
     columns = list(dict.fromkeys(key for row in rows for key in row))
     text = lambda value: "-" if value is None or value == "" else str(value)  # noqa: E731
     with open(f"{path}.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
         writer.writerows([{key: text(row.get(key)) for key in columns} for row in rows])
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(text(row.get(key)) for key in columns) + " |" for row in rows]
     with open(f"{path}.md", "w") as file:
         file.write("\n".join(lines) + "\n")
@@ -395,6 +409,7 @@ def report(out_dir: str):
 
 
 def main(args: Args):
+    args.out_dir = args.out_dir or os.path.join("sweeps", args.preset)
     check(args)
     runs = plan(args)
     check_d4rl_files(args, runs)

@@ -257,7 +257,8 @@ def reproduce(*flags, timeout=120):
 
 @pytest.mark.parametrize("flags,message", [
     (["--script-args=--run-dir /tmp/x --seed 3"], "--script-args may not set --seed, --run-dir: the sweep sets them"),
-    (["--script-args=--env=hopper-medium --no-resume --wandb_group g"], "may not set --env, --wandb-group, --resume"),
+    (["--script-args=--env=hopper-medium --no-resume --wandb_group g --preset paper"],
+     "may not set --env, --wandb-group, --preset, --resume"),
     (["--script-args=--total-steps 10 --wandb-project 'a b"], "--script-args \"--total-steps 10 --wandb-project 'a b\":"
                                                               " No closing quotation"),
     (["--domains", "mujoco"], "unknown algorithm or domain: mujoco (algorithms: td3, crr, iql; domains: locomotion,"
@@ -275,7 +276,7 @@ def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_pat
 
 def test_report_only_skips_a_corrupt_summary_with_a_warning(tmp_path):
     runs = tmp_path / "runs" / "iql" / "antmaze-umaze"
-    good = dict(algo="edp_iql", env="antmaze-umaze", seed=0, rat=90.0, oms=95.0,
+    good = dict(algo="edp_iql", env="antmaze-umaze", seed=0, rat=90.0, oms=95.0, config=dict(preset="released"),
                 evaluations=[dict(step=10, normalized_score=90.0)])
     for seed, text in enumerate([json.dumps(good), '{"algo": "edp_iql", "env": "antm', "[]"]):
         (runs / f"seed{seed}").mkdir(parents=True)

@@ -30,7 +30,7 @@ def test_tiny_sweep_skips_finished_runs_and_resumes_an_interrupted_one(datasets,
     import edp_td3
 
     assert edp_td3.main(["--env", datasets["modes"], "--seed", "1", "--run-dir", str(interrupted), "--total-steps", "50",
-                         *RUN_FLAGS]) == 0
+                         "--preset", "released", *RUN_FLAGS]) == 0
     assert not (interrupted / "done.json").exists()
 
     output = sweep(out_dir, datasets)
@@ -46,6 +46,7 @@ def test_tiny_sweep_skips_finished_runs_and_resumes_an_interrupted_one(datasets,
     curves = sorted(os.listdir(out_dir / "curves"))
     assert curves == ["edp-modes-v0.png", "edp-pendulum-mixed-v0.png"]
     assert "| edp/pendulum-mixed-v0 |" in (out_dir / "table2.md").read_text()
+    assert (out_dir / "table2.md").read_text().startswith("Preset: released (4 runs)\n")  # the sweep's default
 
     before = {p: p.stat().st_mtime for p in out_dir.glob("runs/td3/*/seed*/summary.json")}
     output = sweep(out_dir, datasets)
@@ -69,7 +70,7 @@ def test_dry_run_lists_runs_and_bad_input_is_one_line(tmp_path):
 
 
 def summary(algo, task, seed, rat, oms):
-    return dict(algo=f"edp_{algo}", env=task, seed=seed, rat=rat, oms=oms, evaluations=[])
+    return dict(algo=f"edp_{algo}", env=task, seed=seed, rat=rat, oms=oms, evaluations=[], config=dict(preset="paper"))
 
 
 def test_tables_put_mean_and_std_next_to_the_paper(tmp_path):
@@ -84,6 +85,7 @@ def test_tables_put_mean_and_std_next_to_the_paper(tmp_path):
     row5 = next(row for row in table5 if row["task"] == "antmaze-umaze")
     assert row5["iql OMS"] == "99.0 ± 1.0" and row5["iql paper OMS"] == 98.0
     assert "| antmaze-umaze | 92.0 ± 2.0 | 94.2 | -2.2 | 2 |" in (tmp_path / "table2.md").read_text()
+    assert (tmp_path / "table5.md").read_text().startswith("Preset: paper (3 runs)\n")
 
 
 def test_locomotion_runs_read_the_d4rl_folder(tmp_path):

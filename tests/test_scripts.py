@@ -68,6 +68,11 @@ def test_end_to_end_flat_observations(script, datasets, tmp_path):
     result = run_and_check(script, datasets["pendulum"], run_dir, 30, 10)
     assert {"return", "normalized_score", "episode_length"} <= set(result["evaluations"][0])
     assert result["evaluations"][0]["episode_length"] == 200  # Pendulum-v1 episodes
+    import minari  # a Minari dataset with reference scores is scored by Minari's own normalisation
+
+    evaluation = result["evaluations"][0]
+    expected = 100 * minari.get_normalized_score(minari.load_dataset(datasets["pendulum"]), np.array(evaluation["return"]))
+    assert evaluation["normalized_score"] == pytest.approx(float(expected))
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         checkpoint = torch.load(os.path.join(run_dir, name), weights_only=True)
         assert {"agent", "statistics", "evaluations", "rng", "wandb_id", "config"} <= set(checkpoint)
@@ -187,6 +192,26 @@ def bad_input_cases(tmp_path, datasets):
         del file["rewards"]
         file["rewards"] = np.zeros(10, np.float32)
     pendulum = ["--env", datasets["pendulum"], *TINY]
+    def hopper_file(name, **arrays):  # a D4RL file with some arrays replaced
+        path = write_hopper_hdf5(tmp_path / f"{name}.hdf5")
+        with h5py.File(path, "a") as file:
+            for key, value in arrays.items():
+                del file[key]
+                file[key] = value
+        return ["--env", "hopper-medium", "--dataset-path", str(path)]
+
+    nan_rewards = np.ones(90, np.float32)
+    nan_rewards[5] = np.nan
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    def damaged_minari(name, damage):  # a copy of the Pendulum demo dataset, then damaged
+        path = get_dataset_path(f"edp/{name}-v0")
+        shutil.copytree(get_dataset_path(datasets["pendulum"]), path, dirs_exist_ok=True)
+        damage(path / "data")
+        return ["--env", f"edp/{name}-v0", *TINY]
+
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "checkpoint_last.pt").write_bytes(b"half a checkpoint")
@@ -196,7 +221,16 @@ def bad_input_cases(tmp_path, datasets):
         "not downloaded": (["--env", "antmaze-umaze"], "minari download D4RL/antmaze/umaze-v1"),
         "no such file": (["--env", "hopper-medium", "--dataset-path", str(tmp_path / "none.hdf5")], "no such file"),
         "unreadable": (["--env", "hopper-medium", "--dataset-path", str(garbage)], "cannot read"),
-        "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "differ in length"),
+        "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "rewards has shape (10,)"),
+        "rewards (N, 2)": (hopper_file("r2", rewards=np.zeros((90, 2), np.float32)), "rewards has shape (90, 2)"),
+        "1-d observations": (hopper_file("o1", observations=np.zeros(90, np.float32)), "observations has shape (90,)"),
+        "NaN in data": (hopper_file("nan", rewards=nan_rewards), "rewards holds NaN or inf (row 5)"),
+        "text in data": (hopper_file("text", actions=np.array([b"a"] * 90)), "actions holds |S1, not numbers"),
+        "all timeouts": (hopper_file("timeouts", timeouts=np.ones(90, bool), terminals=np.zeros(90, bool)),
+                         "holds no transitions"),
+        "no main_data.hdf5": (damaged_minari("nodata", lambda data: (data / "main_data.hdf5").unlink()), "damaged"),
+        "corrupt metadata.json": (damaged_minari("nometa", lambda data: (data / "metadata.json").write_text("{")),
+                                  "damaged"),
         "missing keys": (["--env", "hopper-medium", "--dataset-path",
                           str(write_hopper_hdf5(tmp_path / "nokey.hdf5", drop="timeouts"))], "lacks timeouts"),
         "wrong spaces": (["--env", "walker2d-medium", "--dataset-path", str(write_hopper_hdf5(tmp_path / "w.hdf5"))],
@@ -212,6 +246,8 @@ def bad_input_cases(tmp_path, datasets):
 
 
 CASES = ["unknown task", "not on Minari", "not downloaded", "no such file", "unreadable", "inconsistent",
+         "rewards (N, 2)", "1-d observations", "NaN in data", "text in data", "all timeouts", "no main_data.hdf5",
+         "corrupt metadata.json",
          "missing keys", "wrong spaces", "batch size", "gamma", "schedule", "no cuda", "resume without dir",
          "resume without checkpoint", "resume from a broken checkpoint"]
 
@@ -271,16 +307,17 @@ def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets,
     assert message in capsys.readouterr().err
 
 
-def test_iql_antmaze_presets_are_the_authors():
+def test_iql_antmaze_presets():
     import edp_iql
 
     config = edp_iql.resolve_config(edp_iql.Args(env="antmaze-medium-play"), edp_iql.TASKS["antmaze-medium-play"])
-    assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == ("antmaze-iql", 0.9, True, 100)
+    assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == (
+        "antmaze-iql", 0.9, "per-dimension", 100)
     assert (config.total_steps, config.eval_every, config.lr) == (1_000_000, 10_000, 3e-4)
     import edp_td3
 
     config = edp_td3.resolve_config(edp_td3.Args(env="kitchen-mixed", eta=0.5), edp_td3.TASKS["kitchen-mixed"])
-    assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", True)  # flags win
+    assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", "per-dimension")  # flags win
 
 
 def test_compile_flag_trains_and_evaluates(datasets, tmp_path):
@@ -290,41 +327,38 @@ def test_compile_flag_trains_and_evaluates(datasets, tmp_path):
     assert summary(run_dir)["final_step"] == 10
 
 
-@pytest.fixture(scope="module")
-def antmaze_dataset(datasets):
-    """A tiny local Minari dataset under D4RL/antmaze: random actions in AntMaze_UMaze-v4."""
-    import gymnasium as gym
-    import gymnasium_robotics
-    import minari
-    from minari.data_collector import EpisodeBuffer
+def test_a_dataset_naming_code_outside_gymnasium_as_its_eval_env_runs_nothing(datasets, tmp_path, capsys):
+    """metadata.json names the eval env by entry point: "os:system" with a command must be refused, not run."""
+    import shutil
 
-    from make_demo_dataset import run_episode
+    from minari.storage import get_dataset_path
 
-    gym.register_envs(gymnasium_robotics)
-    env = gym.make("AntMaze_UMaze-v4", continuing_task=True, max_episode_steps=25)
-    env.action_space.seed(0)
-    buffers = [EpisodeBuffer(id=i, seed=i, **run_episode(env, lambda obs: env.action_space.sample(), i)) for i in range(3)]
-    dataset_id = "D4RL/antmaze/tiny-test-v1"
-    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, author="tests", author_email="-",
-                                       code_permalink="tests", algorithm_name="random", description="test data")
-    return dataset_id
-
-
-ANTMAZE_PRESETS = {"edp_td3": dict(reward_transform="antmaze", max_q_backup=True),
-                   "edp_crr": dict(reward_transform="antmaze"),
-                   "edp_iql": dict(reward_transform="antmaze-iql", expectile=0.9, temperature=10.0)}
+    marker = tmp_path / "ran"
+    path = get_dataset_path("edp/hostile-v0")
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), path, dirs_exist_ok=True)
+    metadata = json.loads((path / "data" / "metadata.json").read_text())
+    spec = json.loads(metadata["eval_env_spec"])
+    spec.update(id="Hostile-v0", entry_point="os:system", kwargs={"command": f"touch {marker}"})
+    metadata["eval_env_spec"] = json.dumps(spec)
+    (path / "data" / "metadata.json").write_text(json.dumps(metadata))
+    assert run_main("edp_td3", "--env", "edp/hostile-v0", "--run-dir", str(tmp_path / "run"), *TINY) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "os:system" in error and "refusing" in error, error
+    assert not marker.exists()
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_antmaze_domain_end_to_end_on_a_local_antmaze_dataset(script, antmaze_dataset, tmp_path):
-    """A Minari id under D4RL/antmaze takes the AntMaze path: 29-d observations (achieved_goal + the
-    27-d observation, as D4RL), the AntMaze presets (TD3's max-Q backup among them), success scores."""
-    run_dir = tmp_path / "run"
-    result = run_and_check(script, antmaze_dataset, run_dir, 10, 10)
-    config = result["config"]
-    assert config["domain"] == "antmaze" and config["normalize_obs"] is True
-    assert {key: config[key] for key in ANTMAZE_PRESETS[script]} == ANTMAZE_PRESETS[script]
-    evaluation = result["evaluations"][0]
-    assert evaluation["normalized_score"] == pytest.approx(100 * evaluation["success_rate"])
-    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
-    assert checkpoint["statistics"]["observation_mean"].shape == (29,)
+def test_a_copied_script_runs_under_its_own_name(datasets, tmp_path):
+    """ALGORITHM comes from the file name: a copy my_edp.py names its run folder, summary and checkpoint my_edp."""
+    import shutil
+
+    shutil.copy(os.path.join(ROOT, "edp_iql.py"), tmp_path / "my_edp.py")
+    shutil.copy(os.path.join(ROOT, "diffusion.py"), tmp_path / "diffusion.py")
+    command = [sys.executable, "my_edp.py", "--env", datasets["pendulum"], "--total-steps", "10", "--eval-every", "10",
+               "--seed", "3", *TINY]
+    process = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env=os.environ | {"PYTHONPATH": ROOT})
+    assert process.returncode == 0, process.stderr[-2000:]
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert "__my_edp__3__" in run_dir.name
+    assert summary(run_dir)["algo"] == "my_edp"
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["algo"] == "my_edp"

@@ -1,0 +1,156 @@
+"""The paper's own tasks on their real environments: observations, evaluation environments and scores."""
+
+import gymnasium as gym
+import gymnasium_robotics
+import mujoco
+import numpy as np
+import pytest
+import torch
+
+import edp_td3
+
+gym.register_envs(gymnasium_robotics)
+KITCHEN_TASKS = ["microwave", "kettle", "light switch", "slide cabinet"]  # kitchen-complete (D4RL)
+# minari-dataset-generation-scripts scripts/D4RL/kitchen: how Minari collected the kitchen data
+KITCHEN_COLLECTION = dict(remove_task_when_completed=False, terminate_on_tasks_completed=False)
+
+
+def test_kitchen_observations_flatten_to_the_59_d_state():
+    """Regression: FrankaKitchen-v1's goals are dicts of per-task arrays, which crashed flattening."""
+    env = gym.make("FrankaKitchen-v1", tasks_to_complete=KITCHEN_TASKS)
+    observation, _ = env.reset(seed=0)
+    flat = edp_td3.flatten_observation(observation)
+    assert flat.shape == (59,) and flat.dtype == np.float32
+    np.testing.assert_array_equal(flat, observation["observation"].astype(np.float32))
+    vector = gym.vector.SyncVectorEnv([lambda: gym.make("FrankaKitchen-v1", tasks_to_complete=KITCHEN_TASKS)] * 2)
+    batch, _ = vector.reset(seed=0)
+    assert edp_td3.flatten_observation(batch).shape == (2, 59)
+    vector.close()
+
+
+def test_antmaze_and_other_dicts_flatten_deterministically():
+    antmaze = dict(observation=np.arange(27.0), achieved_goal=np.array([5.0, 6.0]), desired_goal=np.array([9.0, 9.0]))
+    np.testing.assert_array_equal(edp_td3.flatten_observation(antmaze), np.r_[5.0, 6.0, np.arange(27.0)])  # D4RL's 29
+    nested = dict(b=np.array([1.0]), a=dict(d=np.array([2.0, 3.0]), c=np.array([4.0])))
+    np.testing.assert_array_equal(edp_td3.flatten_observation(nested), [4.0, 2.0, 3.0, 1.0])  # keys sorted, recursively
+
+
+class MicrowaveOpenAtReset(gym.Wrapper):
+    """A scripted rollout: the microwave is opened at reset and stays open for the whole episode."""
+
+    def reset(self, **kwargs):
+        observation, info = self.env.reset(**kwargs)
+        unwrapped = self.env.unwrapped
+        unwrapped.data.qpos[22] = -0.75  # kitchen_env.py OBS_ELEMENT_GOALS["microwave"]
+        mujoco.mj_forward(unwrapped.model, unwrapped.data)
+        return observation, info
+
+
+def kitchen_spec(**kwargs):
+    return gym.envs.registration.EnvSpec("FrankaKitchen-v1", entry_point=gym.spec("FrankaKitchen-v1").entry_point,
+                                         max_episode_steps=40, kwargs=dict(tasks_to_complete=KITCHEN_TASKS, **kwargs))
+
+
+def test_kitchen_scores_each_task_once_as_d4rl():
+    """One task done and held for 40 steps is 1 of 4 tasks: score 25. In the env Minari collected with,
+    that task pays on every step (return 40, 'score' 1000); the evaluation env counts it once."""
+    collection = MicrowaveOpenAtReset(gym.make(kitchen_spec(**KITCHEN_COLLECTION)))
+    collection.reset(seed=0)
+    collected_return = sum(collection.step(np.zeros(9, np.float32))[1] for _ in range(40))
+    assert collected_return == 40.0  # the training rewards count completed tasks at every step
+
+    make_env = edp_td3.env_maker(kitchen_spec(**KITCHEN_COLLECTION), "kitchen")
+    assert make_env().spec.kwargs | edp_td3.D4RL_KITCHEN_EVAL == make_env().spec.kwargs
+    statistics = dict(observation_mean=np.zeros(59, np.float32), observation_std=np.ones(59, np.float32),
+                      observation_clip=np.inf, action_low=-np.ones(9, np.float32), action_high=np.ones(9, np.float32))
+    evaluator = edp_td3.Evaluator(lambda: MicrowaveOpenAtReset(make_env()), 2, 0, statistics, "kitchen",
+                                  edp_td3.d4rl_score(edp_td3.D4RL_REFERENCE["kitchen"]), "cpu")
+    result = evaluator(lambda state: torch.zeros(len(state), 9))
+    evaluator.close()
+    assert result["return"] == 1.0 and result["normalized_score"] == pytest.approx(25.0)
+
+
+def test_locomotion_files_are_evaluated_on_the_v4_models():
+    for robot, env_id in [("hopper", "Hopper-v4"), ("halfcheetah", "HalfCheetah-v4"), ("walker2d", "Walker2d-v4")]:
+        assert edp_td3.TASKS[f"{robot}-medium-replay"].env_id == env_id
+
+
+def test_eval_env_flag_takes_registered_ids_only(tmp_path, capsys):
+    assert edp_td3.main(["--env", "hopper-medium", "--dataset-path", str(tmp_path / "x.hdf5"), "--eval-env",
+                         "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2  # the file is checked first
+    with pytest.raises(edp_td3.UsageError, match="did you mean Hopper-v"):
+        edp_td3.registered_env_maker("Hoper-v5")
+
+
+# -- every task family x every script, end to end on the replicas (conftest.py `replicas`) ---------------
+from test_scripts import SCRIPTS, run_and_check  # noqa: E402
+
+
+def d4rl_score(robot, episode_return):
+    low, high = edp_td3.D4RL_REFERENCE[robot]
+    return 100 * (episode_return - low) / (high - low)
+
+
+FAMILIES = {  # family: (task, observation dims, check of one evaluation's score against the domain's definition)
+    "kitchen": ("kitchen-complete", 59, lambda e: e["normalized_score"] == pytest.approx(25 * e["return"])
+                and e["return"] <= 4 and e["episode_length"] <= 280),
+    "adroit": ("pen-human", 45, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("pen", e["return"]))
+               and e["episode_length"] == 200),
+    "antmaze": ("antmaze-umaze", 29, lambda e: e["normalized_score"] == pytest.approx(100 * e["success_rate"])
+                and e["episode_length"] == 700),
+    "locomotion": ("hopper-medium", 11, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("hopper", e["return"]))
+                   and e["episode_length"] <= 1000),
+}
+DOMAIN_PRESETS = {"edp_td3": dict(antmaze=dict(reward_transform="antmaze", max_q_backup=True), kitchen=dict(eta=0.005)),
+                  "edp_crr": dict(antmaze=dict(reward_transform="antmaze"), adroit=dict(reward_transform="minmax")),
+                  "edp_iql": dict(antmaze=dict(reward_transform="antmaze-iql", expectile=0.9))}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_task_family_runs_end_to_end_on_its_replica(script, family, replicas, tmp_path):
+    task, observation_dim, score_is_defined_right = FAMILIES[family]
+    flags = ["--dataset-path", replicas["hopper"]] if family == "locomotion" else []
+    result = run_and_check(script, task, tmp_path / "run", 10, 10, *flags)
+    config = result["config"]
+    assert config["domain"] == family
+    for key, value in DOMAIN_PRESETS[script].get(family, {}).items():
+        assert config[key] == value, key
+    evaluation, = result["evaluations"]
+    assert score_is_defined_right(evaluation), evaluation
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["statistics"]["observation_mean"].shape == (observation_dim,)
+
+
+def test_antmaze_rewards_are_relabelled_to_the_evaluation_goal(replicas):
+    """The replica's collection goals differ from the evaluation goal, as in Minari's data: the training
+    rewards must say whether the ant is within reach of the evaluation goal, not of the collection goal."""
+    import minari
+
+    task = edp_td3.TASKS["antmaze-umaze"]
+    data = edp_td3.load_minari(task, "antmaze-umaze")
+    dataset = minari.load_dataset(replicas["antmaze-umaze"])
+    env = gym.make(dataset._eval_env_spec)
+    goal = env.unwrapped.maze.unique_goal_locations[0]
+    env.close()
+    reached = np.concatenate([np.linalg.norm(e.observations["achieved_goal"][1:] - goal, axis=-1) <= 0.45
+                              for e in dataset.iterate_episodes()])
+    raw = np.concatenate([e.rewards for e in dataset.iterate_episodes()])
+    assert 0 < reached.sum() < len(reached) and (raw != reached).any()  # the test can tell the two apart
+    np.testing.assert_array_equal(data.rewards, reached.astype(np.float32))
+    np.testing.assert_array_equal(goal, [4.0, -4.0])  # Minari's umaze eval map: goal cell (3, 3)
+
+
+def test_a_paper_task_reads_the_newest_local_version(replicas):
+    """D4RL/antmaze/umaze-v1 is what Minari publishes; a later -v2 held locally is read instead."""
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    assert edp_td3.newest_local_version("D4RL/antmaze/umaze-v1") == "D4RL/antmaze/umaze-v1"
+    shutil.copytree(get_dataset_path("D4RL/antmaze/umaze-v1"), get_dataset_path("D4RL/antmaze/umaze-v2"))
+    try:
+        assert edp_td3.newest_local_version("D4RL/antmaze/umaze-v1") == "D4RL/antmaze/umaze-v2"
+        assert "D4RL/antmaze/umaze-v2" in edp_td3.load_minari(edp_td3.TASKS["antmaze-umaze"], "antmaze-umaze").description
+    finally:
+        shutil.rmtree(get_dataset_path("D4RL/antmaze/umaze-v2"))

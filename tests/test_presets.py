@@ -1,0 +1,156 @@
+"""--preset paper|released: each resolves to the values of its README row, per task where the authors'
+values are per task; the sampler and Appendix C.4 flags reach DiffusionPolicy.sample()."""
+
+import importlib
+
+import pytest
+import torch
+
+from test_scripts import SCRIPTS, TINY, run_main, summary
+
+import edp_td3
+
+# The README table "Paper and released code", row by row: (flag, paper value, released value).
+COMMON_ROWS = [
+    ("eas_samples", 10, 50),
+    ("dpm_method", "multistep", "singlestep"),
+    ("dpm_skip", "logSNR", "time_uniform"),
+    ("action_clip", 1.0, 0.999),
+    ("acting_policy", "ema", "online"),
+]
+# sail-sg/edp diffusion/hps.py `gn`, typed from the authors' table (Table 3: 5 everywhere)
+RELEASED_GRAD_CLIP = {
+    "halfcheetah-medium": 9, "halfcheetah-medium-replay": 2, "halfcheetah-medium-expert": 7,
+    "hopper-medium": 9, "hopper-medium-replay": 4, "hopper-medium-expert": 5,
+    "walker2d-medium": 1, "walker2d-medium-replay": 4, "walker2d-medium-expert": 5,
+    "antmaze-umaze": 2, "antmaze-umaze-diverse": 3, "antmaze-medium-play": 2, "antmaze-medium-diverse": 1,
+    "antmaze-large-play": 10, "antmaze-large-diverse": 7, "pen-human": 7, "pen-cloned": 8,
+    "kitchen-complete": 9, "kitchen-partial": 10, "kitchen-mixed": 10,
+}
+
+
+def resolve(script, task, **flags):
+    module = importlib.import_module(script)
+    return module.resolve_config(module.Args(env=task, **flags), module.TASKS[task])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("task", sorted(edp_td3.TASKS))
+def test_each_preset_resolves_to_its_table_row(script, task):
+    paper, released = resolve(script, task, preset="paper"), resolve(script, task, preset="released")
+    domain = edp_td3.TASKS[task].domain
+    for flag, paper_value, released_value in COMMON_ROWS:
+        assert (getattr(paper, flag), getattr(released, flag)) == (paper_value, released_value), flag
+    assert paper.grad_clip == 5.0 and released.grad_clip == RELEASED_GRAD_CLIP[task]
+    assert released.normalize_obs == "off" and released.eval_episodes == 10
+    assert paper.normalize_obs == ("off" if domain == "locomotion" else "per-dimension")
+    assert paper.eval_episodes == (100 if domain == "antmaze" else 10)
+    assert paper.lr == released.lr == (3e-5 if domain == "adroit" else 3e-4)  # Table 3 in both
+    if script == "edp_iql":  # App. A.3 says beta = 1; the authors' runs used 3 / 10 / 0.5 and --norm_reward
+        assert paper.temperature == 1.0
+        assert released.temperature == {"locomotion": 3.0, "antmaze": 10.0}.get(domain, 0.5)
+        assert released.reward_transform == ("returns" if domain == "locomotion" else paper.reward_transform)
+    else:
+        assert released.reward_transform == paper.reward_transform
+
+
+def test_a_flag_given_wins_over_the_preset():
+    config = resolve("edp_td3", "hopper-medium", preset="released", grad_clip=3.0, eas_samples=4, dpm_method="multistep")
+    assert (config.grad_clip, config.eas_samples, config.dpm_method) == (3.0, 4, "multistep")
+
+
+def test_released_preset_off_the_paper_tasks_keeps_table_3_clip(datasets):
+    config = edp_td3.resolve_config(edp_td3.Args(env=datasets["pendulum"], preset="released"),
+                                    edp_td3.find_task(datasets["pendulum"], None))
+    assert config.grad_clip == 5.0 and config.dpm_method == "singlestep"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_both_presets_run_end_to_end(script, datasets, tmp_path):
+    for preset in ("paper", "released"):
+        run_dir = tmp_path / preset
+        assert run_main(script, "--env", datasets["pendulum"], "--preset", preset, "--total-steps", "10",
+                        "--eval-every", "10", "--run-dir", str(run_dir), *TINY) == 0
+        assert summary(run_dir)["config"]["preset"] == preset
+
+
+def test_sampler_and_appendix_c4_flags_reach_sample(datasets, tmp_path, monkeypatch):
+    """TD-target sampling gets the method, order and grid; acting also gets the noise and policy scales,
+    and samples from the policy the preset names."""
+    from diffusion import DiffusionPolicy
+
+    calls = []
+    original = DiffusionPolicy.sample
+
+    def spy(self, state, **kwargs):
+        calls.append((self, kwargs))
+        return original(self, state, **kwargs)
+
+    monkeypatch.setattr(DiffusionPolicy, "sample", spy)
+    args = edp_td3.tyro.cli(edp_td3.Args, args=[
+        "--env", datasets["pendulum"], "--run-dir", str(tmp_path / "run"), "--total-steps", "2", "--eval-every", "2",
+        "--dpm-method", "singlestep", "--dpm-order", "2", "--dpm-skip", "time_quadratic", "--noise-scale", "0.5",
+        "--policy-scale", "1.5", "--acting-policy", "online", "--eas-samples", "3", "--eval-episodes", "1",
+        "--batch-size", "32", *TINY[:2], *TINY[-4:]])
+    agent = edp_td3.train(args)["agent"]
+    expected = dict(sampler="dpm", steps=15, order=2, method="singlestep", skip="time_quadratic")
+    training = [kwargs for _, kwargs in calls if "noise_scale" not in kwargs]
+    assert training and all(kwargs == expected for kwargs in training)
+    calls.clear()
+    agent.act(torch.zeros(4, 3))
+    (policy, kwargs), = calls
+    assert policy is agent.policy and kwargs == expected | dict(noise_scale=0.5, policy_scale=1.5)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_preset_and_sampler_flags(script, capsys):
+    with pytest.raises(SystemExit):
+        run_main(script, "--help")
+    text = capsys.readouterr().out
+    for flag in ("--preset", "--dpm-method", "--dpm-order", "--dpm-skip", "--noise-scale", "--policy-scale",
+                 "--acting-policy", "--action-clip", "--eval-env"):
+        assert flag in text, flag
+
+
+# -- every preset-driven default is visible in --help ------------------------------------------------
+PRESET_DRIVEN = ["lr", "grad_clip", "eval_episodes", "normalize_obs", "action_clip", "dpm_method", "dpm_skip",
+                 "eas_samples", "acting_policy", "reward_transform", "eta", "max_q_backup", "expectile", "temperature"]
+ONE_TASK_PER_DOMAIN = ["hopper-medium", "antmaze-umaze", "pen-human", "kitchen-mixed"]
+
+
+def field_docstrings(script):
+    """Args field -> its docstring (what tyro shows in --help), read from the source."""
+    import ast
+    import inspect
+
+    module = importlib.import_module(script)
+    body = ast.parse(inspect.getsource(module.Args)).body[0].body
+    return {node.target.id: following.value.value for node, following in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)}
+
+
+def spelled(value):
+    """How a value may be written in a docstring: 0.0003 as 3e-4, 5.0 as 5, True as True."""
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return {f"{value:g}", f"{mantissa}e{int(exponent)}"}
+    return {str(value)}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_shows_every_preset_value_of_every_preset_driven_flag(script):
+    docs = field_docstrings(script)
+    for flag in [f for f in PRESET_DRIVEN if f in docs]:
+        values = {getattr(resolve(script, task, preset=preset), flag)
+                  for task in ONE_TASK_PER_DOMAIN for preset in ("paper", "released")}
+        if flag == "grad_clip":  # per task in the released preset: the README has the table, --help the range
+            values = {5.0, min(RELEASED_GRAD_CLIP.values()), max(RELEASED_GRAD_CLIP.values())}
+        for value in values:
+            assert any(text in docs[flag] for text in spelled(value)), (flag, value, docs[flag])
+
+
+def test_help_output_carries_the_per_domain_values(capsys):
+    with pytest.raises(SystemExit):
+        run_main("edp_td3", "--help")
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "(default: 3e-4; 3e-5 on adroit; Table 3)" in text
