@@ -218,7 +218,8 @@ def bad_input_cases(tmp_path, datasets):
     return {
         "unknown task": (["--env", "hoper-medium"], "did you mean hopper-medium"),
         "not on Minari": (["--env", "hopper-medium-replay"], "--dataset-path"),
-        "not downloaded": (["--env", "antmaze-umaze"], "minari download D4RL/antmaze/umaze-v1"),
+        # a paper task of which no replica is built (conftest.py REPLICA_BUILDS)
+        "not downloaded": (["--env", "antmaze-large-play"], "minari download D4RL/antmaze/large-play-v1"),
         "no such file": (["--env", "hopper-medium", "--dataset-path", str(tmp_path / "none.hdf5")], "no such file"),
         "unreadable": (["--env", "hopper-medium", "--dataset-path", str(garbage)], "cannot read"),
         "inconsistent": (["--env", "hopper-medium", "--dataset-path", str(short)], "rewards has shape (10,)"),
