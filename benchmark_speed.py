@@ -174,7 +174,8 @@ def sample_sps(agent, device: torch.device, env_steps: int, repeats: int) -> flo
 def evaluation_sps(agent, device: torch.device, episodes: int) -> tuple:
     """edp_td3.Evaluator: `episodes` episodes stepped together versus one episode at a time."""
     identity_statistics = dict(observation_mean=np.zeros(STATE_DIM, np.float32), observation_std=np.ones(STATE_DIM, np.float32),
-                       action_low=-np.ones(ACTION_DIM, np.float32), action_high=np.ones(ACTION_DIM, np.float32))
+                               observation_clip=np.inf, action_low=-np.ones(ACTION_DIM, np.float32),
+                               action_high=np.ones(ACTION_DIM, np.float32))
     make_env = lambda: gym.make("Walker2d-v5")  # noqa: E731
 
     def steps_per_second(evaluators):
@@ -184,8 +185,10 @@ def evaluation_sps(agent, device: torch.device, episodes: int) -> tuple:
             evaluator.close()
         return steps / (time.perf_counter() - start)
 
-    together = [edp_td3.Evaluator(make_env, episodes, 0, identity_statistics, "locomotion", None, device)]
-    one_by_one = [edp_td3.Evaluator(make_env, 1, i, identity_statistics, "locomotion", None, device) for i in range(episodes)]
+    raw_returns = lambda returns: returns  # noqa: E731  (only speed is measured, no score)
+    together = [edp_td3.Evaluator(make_env, episodes, 0, identity_statistics, "locomotion", raw_returns, device)]
+    one_by_one = [edp_td3.Evaluator(make_env, 1, i, identity_statistics, "locomotion", raw_returns, device)
+                  for i in range(episodes)]
     return steps_per_second(together), steps_per_second(one_by_one)
 
 
