@@ -6,7 +6,8 @@
 Training: iterations per second of the real update step of edp_td3.py (imported, not rewritten) on a
 synthetic batch with the paper's testbed shapes (walker2d: 17-d state, 6-d action, batch 256):
 
-  dql         Diffusion-QL: DDPM chain for the TD target, and back-propagation through it for L_pi
+  dql_k5      Diffusion-QL at its released default: K = 5, vp schedule, DDPM, back-propagation through it
+  dql         Diffusion-QL with K = 100: DDPM chain for the TD target, and back-propagation through it for L_pi
   edp_no_dpm  action approximation; DDPM chain for the TD target
   edp_no_ap   DPM-Solver for the TD target and, with gradients, for L_pi (no action approximation)
   edp         action approximation + DPM-Solver (K = 1000, as the paper trains EDP)
@@ -40,11 +41,12 @@ from torch.utils.flop_counter import FlopCounterMode
 import edp_td3
 
 STATE_DIM, ACTION_DIM, BATCH = 17, 6, 256  # walker2d, paper Fig. 2 testbed
-VARIANTS = {  # name: (K, action approximation, sampler)
-    "dql": (100, False, "ddpm"),
-    "edp_no_dpm": (100, True, "ddpm"),
-    "edp_no_ap": (100, False, "dpm"),
-    "edp": (1000, True, "dpm"),
+VARIANTS = {  # name: (K, schedule, action approximation, sampler)
+    "dql_k5": (5, "vp", False, "ddpm"),  # Diffusion-QL's released default (REFERENCE: K = 5, vp)
+    "dql": (100, "linear", False, "ddpm"),
+    "edp_no_dpm": (100, "linear", True, "ddpm"),
+    "edp_no_ap": (100, "linear", False, "dpm"),
+    "edp": (1000, "linear", True, "dpm"),
 }
 
 
@@ -60,6 +62,8 @@ class Args:
     """cpu, cuda, or auto"""
     compile: bool = False
     """torch.compile the networks before timing"""
+    threads: int = 0
+    """the scripts' --threads in the side-by-side figure (0: their adaptive default; 2: all cores, fixed)"""
     seed: int = 0
 
 
@@ -105,10 +109,11 @@ class TD3BCFeedForward:
 
 
 # ---- set-up -----------------------------------------------------------------------------------------
-def make_config(device: str, num_diffusion_steps: int = 1000, action_approx: bool = True, sampler: str = "dpm"):
+def make_config(device: str, num_diffusion_steps: int = 1000, schedule: str = "linear", action_approx: bool = True,
+                sampler: str = "dpm"):
     """edp_td3's configuration with its locomotion presets (Table 3)."""
     args = edp_td3.Args(env="walker2d-medium-expert", device=device, num_diffusion_steps=num_diffusion_steps,
-                        action_approx=action_approx, sampler=sampler, eval_episodes=10)
+                        schedule=schedule, action_approx=action_approx, sampler=sampler, eval_episodes=10)
     return edp_td3.resolve_config(args, edp_td3.TASKS["walker2d-medium-expert"])
 
 
@@ -225,6 +230,49 @@ def gemm_gflops(shapes: dict, device: torch.device, repeats: int) -> float:
     return total_flops / total_seconds / 1e9
 
 
+def _update_loop(seconds: float, threads: int, ready, start, results) -> None:
+    """One process of the side-by-side figure: edp_td3's update loop with the scripts' thread setting."""
+    threads = edp_td3.CpuThreads(threads)
+    device = torch.device("cpu")
+    agent = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, make_config("cpu"), device)
+    batch = synthetic_batch(device)
+    for _ in range(3):
+        agent.update(batch)
+    ready.put(True)
+    start.wait()  # every process starts timing at the same moment
+    iterations, begin = 0, time.perf_counter()
+    while time.perf_counter() < begin + seconds:
+        agent.update(batch)
+        threads.tick()
+        iterations += 1
+    results.put(iterations / (time.perf_counter() - begin))
+
+
+def side_by_side(seconds: float, threads: int = 0) -> dict:
+    """Per-process EDP update throughput with two processes at once, over one process alone (0.5 = fair sharing
+    of the machine; much less means the processes get in each other's way, e.g. spinning thread teams)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as two runs started by hand
+
+    def rates(processes: int) -> list:
+        ready, start, results = context.Queue(), context.Event(), context.Queue()
+        workers = [context.Process(target=_update_loop, args=(seconds, threads, ready, start, results))
+                   for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            ready.get()
+        start.set()
+        values = [results.get() for _ in workers]
+        for worker in workers:
+            worker.join()
+        return values
+
+    alone, together = rates(1)[0], rates(2)
+    return dict(alone_ips=alone, together_ips=together, ratio=min(together) / alone, seconds=seconds, threads=threads)
+
+
 def update_flops(agent, batch: dict) -> int:
     with FlopCounterMode(display=False) as counter:
         agent.update(batch)
@@ -262,23 +310,23 @@ def main(args: Args) -> dict:
     results = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                    torch=torch.__version__, threads=torch.get_num_threads(), variants={})
     agents = {}
-    for name, (num_steps, action_approx, sampler) in VARIANTS.items():
-        config = make_config(str(device), num_steps, action_approx, sampler)
+    for name, (num_steps, schedule, action_approx, sampler) in VARIANTS.items():
+        config = make_config(str(device), num_steps, schedule, action_approx, sampler)
         agent = agents[name] = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, config, device)
         if args.compile:
             agent.compile()
         # the slow rows need fewer iterations for the same timing precision
-        scale = max(1, iterations // (4 if sampler == "ddpm" else 1))
+        scale = max(1, iterations // (4 if sampler == "ddpm" and num_steps > 5 else 1))
         results["variants"][name] = dict(train_ips=train_ips(agent, batch, device, scale, repeats),
                                          sample_sps=sample_sps(agent, device, max(2, env_steps // (10 if sampler == "ddpm" else 1)), repeats),
-                                         num_diffusion_steps=num_steps, sampler=sampler,
+                                         num_diffusion_steps=num_steps, schedule=schedule, sampler=sampler,
                                          steps=config.dpm_steps if sampler == "dpm" else num_steps)
         print(f"{name:11s} K={num_steps:<5d} {sampler:4s} train {results['variants'][name]['train_ips']:8.2f} it/s"
               f"   sample {results['variants'][name]['sample_sps']:8.2f} steps/s", flush=True)
     feed_forward = TD3BCFeedForward(make_config(str(device)), device)
     results["variants"]["td3bc_ff"] = dict(train_ips=train_ips(feed_forward, batch, device, iterations * 5, repeats),
                                            sample_sps=sample_sps(feed_forward, device, env_steps * 5, repeats),
-                                           num_diffusion_steps=0, sampler="none", steps=0)
+                                           num_diffusion_steps=0, schedule="none", sampler="none", steps=0)
     print(f"{'td3bc_ff':11s} {'':12s} train {results['variants']['td3bc_ff']['train_ips']:8.2f} it/s"
           f"   sample {results['variants']['td3bc_ff']['sample_sps']:8.2f} steps/s", flush=True)
 
@@ -291,13 +339,23 @@ def main(args: Args) -> dict:
     achieved = flops * results["variants"]["edp"]["train_ips"] / 1e9
     results["roofline"] = dict(gemm_gflops=limit, edp_flops_per_iter=flops, edp_achieved_gflops=achieved,
                                edp_fraction=achieved / limit, gemm_peak_gflops=peak)
-    edp, dql = results["variants"]["edp"], results["variants"]["dql"]
+    if device.type == "cpu":
+        results["side_by_side"] = side_by_side(3.0 if args.quick else 20.0, args.threads)
+    edp = results["variants"]["edp"]
+    results["edp_vs"] = {name: dict(train=edp["train_ips"] / results["variants"][name]["train_ips"],
+                                    sample=edp["sample_sps"] / results["variants"][name]["sample_sps"])
+                         for name in ("dql_k5", "dql")}
     print(f"evaluation: {vectorized:.1f} env steps/s with the episodes stepped together, {sequential:.1f} one at a time")
-    print(f"edp vs dql: training {edp['train_ips'] / dql['train_ips']:.1f}x (paper 5.2x with JAX DQL),"
-          f" sampling {edp['sample_sps'] / dql['sample_sps']:.1f}x (paper 3.3x)")
+    for name, ratio in results["edp_vs"].items():
+        print(f"edp vs {name}: training {ratio['train']:.1f}x, sampling {ratio['sample']:.1f}x"
+              f" (paper Fig. 2: 5.2x and 3.3x against JAX DQL)")
     print(f"limit: matmul {limit:.1f} GFLOP/s at the {len(shapes)} GEMM shapes of an EDP iteration ({peak:.1f} at"
           f" 256x256x256); one EDP iteration is {flops / 1e9:.3f} GFLOP, achieved {achieved:.1f} GFLOP/s ="
           f" {100 * achieved / limit:.0f}% of the limit")
+    if "side_by_side" in results:
+        pair = results["side_by_side"]
+        print(f"side by side: {pair['alone_ips']:.1f} it/s alone, {' and '.join(f'{v:.1f}' for v in pair['together_ips'])}"
+              f" it/s with two processes at once: each keeps {100 * pair['ratio']:.0f}% (50% = fair sharing)")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=1)

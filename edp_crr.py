@@ -147,6 +147,8 @@ class Args:
     """gradient steps between training-metric logs"""
     compile: bool = False
     """torch.compile the networks of the update step"""
+    threads: int = 0
+    """torch's CPU threads: 0 adapts (all while the run has the CPUs, 1 while other processes are busy), N fixes N"""
 
 
 # ==============================================================================================
@@ -748,7 +750,7 @@ class SaveFailed(Exception):
 
 # a resumed run keeps its saved configuration; only these flags may differ from it
 RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "device", "compile",
-             "resume", "run_dir")
+             "threads", "resume", "run_dir")
 RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
 CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
 
@@ -782,6 +784,8 @@ def resolve_config(args: Args, task: Task) -> Args:
                                   "num_diffusion_steps", "log_every", "ema_every") if getattr(config, name) < 1]
     if positive:
         raise UsageError(f"{', '.join('--' + name.replace('_', '-') for name in positive)} must be at least 1")
+    if config.threads < 0:
+        raise UsageError("--threads must be 0 (adapt to the machine's load) or a number of threads")
     if not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1
             and 0 < config.ema_tau <= 1 and config.eas_temperature > 0):
         raise UsageError("need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1,"
@@ -990,9 +994,11 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
     def check_finite():  # one host sync per log interval, not per step
         if first_nonfinite.item() >= 0:
             raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; {last_good_checkpoint(run_dir)}")
+    threads = CpuThreads(config.threads)
     try:
         while step < config.total_steps and not stop_signal:
             metrics = agent.update(buffer.sample(config.batch_size))
+            threads.tick()
             step += 1
             total_loss = sum(value for key, value in metrics.items() if key.endswith("loss"))
             first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(total_loss), step, first_nonfinite)
@@ -1030,6 +1036,39 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
         print(f"stopped by signal {stop_signal[0]} at step {step}; checkpoint saved, continue with"
               f" --resume --run-dir {run_dir}", file=sys.stderr, flush=True)
     return dict(run_dir=run_dir, step=step, evaluations=evaluations, stopped=bool(stop_signal), agent=agent)
+
+
+class CpuThreads:
+    """torch's intra-op threads: all of them while this process has the CPUs, one while other processes are busy too.
+
+    Two teams of OpenMP threads on the same cores spin at every parallel op, each waiting for a thread the other
+    team holds: two EDP runs side by side on 2 cores each kept 23% of their solo speed with 2 threads, and 89% with
+    one, which alone is 29% slower (benchmark_speed.py, side by side). So: measure, every few seconds, how many
+    cores other processes keep busy (/proc/stat less this process's own CPU time) and choose.
+    """
+
+    def __init__(self, threads: int, interval: float = 2.0):
+        self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS (reproduce.py)
+        torch.set_num_threads(self.most)
+        self.adapt = threads == 0 and self.most > 1 and os.path.exists("/proc/stat")
+        self.interval, self.next_check, self.last = interval, time.monotonic() + interval, self.usage()
+
+    @staticmethod
+    def usage() -> tuple:
+        """(wall seconds, CPU seconds of the whole machine, of this process)"""
+        with open("/proc/stat") as file:  # cpu user nice system idle iowait irq softirq ...
+            ticks = [int(value) for value in file.readline().split()[1:8]]
+        busy = sum(ticks) - ticks[3] - ticks[4]
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+    def tick(self):
+        """Called every training step; costs one clock read except every `interval` seconds."""
+        if not self.adapt or time.monotonic() < self.next_check:
+            return
+        now = self.usage()
+        wall, machine, own = (new - old for new, old in zip(now, self.last))
+        self.last, self.next_check = now, now[0] + self.interval
+        torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -10,10 +10,11 @@ def test_quick_benchmark_writes_json_and_plot(tmp_path):
     json_path, plot_path = tmp_path / "speed.json", tmp_path / "speed.png"
     benchmark_speed.main(benchmark_speed.Args(quick=True, json=str(json_path), plot=str(plot_path)))
     results = json.loads(json_path.read_text())
-    assert {"device", "torch", "threads", "variants", "eval", "roofline"} <= set(results)
-    assert set(results["variants"]) == {"dql", "edp_no_dpm", "edp_no_ap", "edp", "td3bc_ff"}
+    assert {"device", "torch", "threads", "variants", "eval", "roofline", "edp_vs", "side_by_side"} <= set(results)
+    assert set(results["edp_vs"]) == {"dql_k5", "dql"} and results["side_by_side"]["ratio"] > 0
+    assert set(results["variants"]) == {"dql_k5", "dql", "edp_no_dpm", "edp_no_ap", "edp", "td3bc_ff"}
     for row in results["variants"].values():
-        assert set(row) == {"train_ips", "sample_sps", "num_diffusion_steps", "sampler", "steps"}
+        assert set(row) == {"train_ips", "sample_sps", "num_diffusion_steps", "schedule", "sampler", "steps"}
         assert row["train_ips"] > 0 and row["sample_sps"] > 0
     assert results["variants"]["edp"]["num_diffusion_steps"] == 1000 and results["variants"]["edp"]["steps"] == 15
     assert set(results["eval"]) == {"vectorized_sps", "sequential_sps"}
