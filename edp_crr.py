@@ -143,10 +143,20 @@ class Args:
     """wandb project"""
     wandb_group: Optional[str] = None
     """wandb group of the run (reproduce.py sets one per sweep)"""
+    wandb_entity: Optional[str] = None
+    """wandb entity (team or user) of the run (default: your wandb default)"""
     log_every: int = 1000
     """gradient steps between training-metric logs"""
     compile: bool = False
     """torch.compile the networks of the update step"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels: the same seed gives the same numbers on the same machine"""
+    capture_video: bool = False
+    """record the first episode of each evaluation to <run-dir>/videos (MuJoCo renders headless with MUJOCO_GL=egl)"""
+    eval_only: bool = False
+    """no training: evaluate --checkpoint (default: <run-dir>/checkpoint_last.pt) with its run's configuration"""
+    checkpoint: Optional[str] = None
+    """checkpoint for --eval-only, e.g. <run-dir>/checkpoint_best.pt"""
     threads: int = 0
     """torch's CPU threads: 0 adapts (all while the run has the CPUs, 1 while other processes are busy), N fixes N"""
 
@@ -272,7 +282,7 @@ def env_maker(spec: gym.envs.registration.EnvSpec, domain: str) -> Callable[[], 
     kwargs = dict(spec.kwargs)
     if domain == "kitchen":  # score tasks done out of 4 as D4RL did: each task pays once, episode ends when all are done
         kwargs |= D4RL_KITCHEN_EVAL  # Minari's data was collected with both off (README: Kitchen scoring)
-    return lambda: gym.make(spec.id, max_episode_steps=spec.max_episode_steps, **kwargs)
+    return lambda **extra: gym.make(spec.id, max_episode_steps=spec.max_episode_steps, **kwargs, **extra)
 
 
 def registered_env_maker(env_id: str) -> Callable[[], gym.Env]:
@@ -281,7 +291,7 @@ def registered_env_maker(env_id: str) -> Callable[[], gym.Env]:
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
         raise UsageError(f"--eval-env {env_id} is not a registered Gymnasium env" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    return lambda: gym.make(env_id)
+    return lambda **extra: gym.make(env_id, **extra)
 
 
 @dataclass
@@ -292,7 +302,7 @@ class OfflineData:
     next_observations: np.ndarray
     dones: np.ndarray  # terminations only: a time-limit truncation still bootstraps
     episode_returns: np.ndarray
-    make_env: Callable[[], gym.Env]
+    make_env: Callable[..., gym.Env]  # keyword arguments go to gym.make (render_mode)
     score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     description: str
 
@@ -495,14 +505,20 @@ class DeviceBuffer:
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-def prepare_data(config, task: Task) -> tuple:
-    """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
+def load_data(config, task: Task) -> OfflineData:
+    """The task's data, checked, with the environment it is evaluated in."""
     data = load_hdf5(task, config.env, config.dataset_path) if config.dataset_path else load_minari(task, config.env)
     check_arrays(dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
                       next_observations=data.next_observations, dones=data.dones), data.description)
     if config.eval_env is not None:
         data.make_env = registered_env_maker(config.eval_env)
         data.description += f", evaluated on {config.eval_env}"
+    return data
+
+
+def prepare_data(config, task: Task) -> tuple:
+    """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
+    data = load_data(config, task)
     env = data.make_env()
     action_low, action_high = check_spaces(data, env)
     env.close()
@@ -690,10 +706,21 @@ Agent = EDPCRR
 # Evaluation: all episodes stepped together, one batched policy call per environment step
 # ==============================================================================================
 class Evaluator:
-    """Runs `episodes` episodes in a vector env from fixed seeds, so evaluations are comparable."""
+    """Runs `episodes` episodes in a vector env from fixed seeds (environments and policy noise alike), so
+    evaluations are comparable and a checkpoint evaluated again scores the same; with `video_folder`, the first
+    episode of each evaluation is recorded there."""
 
-    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, score: Callable, device):
-        self.envs = gym.vector.SyncVectorEnv([make_env for _ in range(episodes)])
+    def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, score: Callable, device,
+                 video_folder: Optional[str] = None):
+        self.recorder, self.take_video = None, False
+        makers = [make_env] * episodes
+        if video_folder is not None and can_render(make_env):
+            def recorded():
+                self.recorder = gym.wrappers.RecordVideo(make_env(render_mode="rgb_array"), video_folder, disable_logger=True,
+                                                         episode_trigger=lambda episode: self.take_video)
+                return self.recorder
+            makers[0] = recorded
+        self.envs = gym.vector.SyncVectorEnv(makers)
         self.episodes, self.seed, self.domain, self.score, self.device = episodes, seed, domain, score, device
         self.statistics = statistics
         self.action_mid = (statistics["action_high"] + statistics["action_low"]) / 2
@@ -703,8 +730,24 @@ class Evaluator:
         """x100: AntMaze by success, the rest by the dataset's reference returns."""
         return 100.0 * success if self.domain == "antmaze" else self.score(episode_return)
 
-    def __call__(self, act: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    def __call__(self, act: Callable[[torch.Tensor], torch.Tensor], name: str = "eval") -> dict:
+        """Scores of one evaluation; `name` names its video, <name>-episode-<k>.mp4."""
         start = time.perf_counter()
+        if self.recorder is not None:
+            self.recorder.name_prefix, self.take_video = name, True
+        with torch.random.fork_rng(devices=[self.device] if torch.device(self.device).type == "cuda" else []):
+            torch.manual_seed(self.seed)  # the same policy noise in every evaluation; training's RNG is left as it was
+            result = self.run_episodes(act)
+        if self.recorder is not None:
+            if self.recorder.recording:
+                self.recorder.stop_recording()  # episode 0 may have ended last: write its video now
+            videos = glob.glob(os.path.join(self.recorder.video_folder, f"{name}-episode-*.mp4"))
+            if videos:
+                result["video"] = max(videos, key=os.path.getmtime)
+        self.take_video = False
+        return result | dict(eval_seconds=time.perf_counter() - start)
+
+    def run_episodes(self, act: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         observation, _ = self.envs.reset(seed=self.seed)
         n = self.episodes
         returns, lengths = np.zeros(n), np.zeros(n, dtype=int)
@@ -723,16 +766,35 @@ class Evaluator:
                 has_success = True
                 success[active] |= np.asarray(info["success"], dtype=bool)[active] & np.asarray(info["_success"])[active]
             finished |= terminated | truncated
+            self.take_video = False  # env 0's next episode (autoreset) is not recorded
         scores = self.normalized_score(returns, success)
         result = dict(normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()),
                       **{"return": float(returns.mean())}, return_std=float(returns.std()),
-                      episode_length=float(lengths.mean()), eval_seconds=time.perf_counter() - start)
+                      episode_length=float(lengths.mean()))
         if has_success:
             result["success_rate"] = float(success.mean())
         return result
 
     def close(self):
         self.envs.close()
+
+
+def can_render(make_env: Callable) -> bool:
+    """Whether the evaluation env renders frames here; if not, one line says why and evaluation goes on."""
+    try:
+        import moviepy  # noqa: F401  (RecordVideo writes mp4 with it)
+
+        env = make_env(render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
+        env.close()
+        if frame is None:
+            raise RuntimeError("the env returned no frame")
+        return True
+    except Exception as error:  # no GL (MuJoCo needs MUJOCO_GL=egl or osmesa headless), no pygame, no moviepy
+        print(f"warning: --capture-video: cannot render here ({one_line(error)}); evaluating without video",
+              file=sys.stderr, flush=True)
+        return False
 # ---8<--- end shared: evaluation ---
 
 
@@ -749,8 +811,12 @@ class SaveFailed(Exception):
 
 
 # a resumed run keeps its saved configuration; only these flags may differ from it
-RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "device", "compile",
-             "threads", "resume", "run_dir")
+RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "wandb_entity",
+             "device", "compile", "threads", "capture_video", "torch_deterministic", "resume", "run_dir")
+# --eval-only keeps the saved configuration but for these flags, where given
+EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_scale", "policy_scale", "acting_policy",
+                    "sampler", "dpm_steps", "dpm_order", "dpm_method", "dpm_skip", "eval_env", "seed", "device", "threads",
+                    "capture_video")
 RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
 CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
 
@@ -866,6 +932,14 @@ def atomic_write(path: str, write: Callable[[str], None]):
         raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good}") from None
 
 
+def write_json(path: str, content: dict):
+    def write(temporary: str):
+        with open(temporary, "w") as file:
+            json.dump(content, file, indent=1)
+
+    atomic_write(path, write)
+
+
 def rng_state() -> dict:
     """Every generator's state as numbers, tuples and tensors, which torch.load(weights_only=True) reads."""
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
@@ -885,22 +959,30 @@ def set_rng_state(state: dict):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(config: Args) -> dict:
-    """checkpoint_last.pt of the run in config.run_dir, if it is data only and was made with this configuration."""
-    path = os.path.join(config.run_dir, "checkpoint_last.pt")
+def read_checkpoint(path: str, purpose: str) -> dict:
+    """A checkpoint of this script, if it is data only (tensors, numbers, strings, lists, dicts)."""
     if not os.path.isfile(path):
-        raise UsageError(f"--resume: no checkpoint at {path}")
+        raise UsageError(f"{purpose}: no checkpoint at {path}")
     try:  # weights_only: unpickling anything more than data could run code the file names
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UsageError(f"--resume: refused {path}: it holds objects other than tensors, numbers, strings, lists and"
+        raise UsageError(f"{purpose}: refused {path}: it holds objects other than tensors, numbers, strings, lists and"
                          " dicts, and loading them could run code") from None
     except Exception as error:
-        raise UsageError(f"--resume: {path} is not a usable checkpoint ({one_line(error)})") from None
+        raise UsageError(f"{purpose}: {path} is not a usable checkpoint ({one_line(error)})") from None
     if not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)
             and isinstance(checkpoint["config"], dict)):
-        raise UsageError(f"--resume: {path} is not a checkpoint of these scripts")
-    if checkpoint["algo"] != ALGORITHM or checkpoint["env"] != config.env:
+        raise UsageError(f"{purpose}: {path} is not a checkpoint of these scripts")
+    if checkpoint["algo"] != ALGORITHM:
+        raise UsageError(f"{purpose}: {path} belongs to {checkpoint['algo']}, not {ALGORITHM}")
+    return checkpoint
+
+
+def load_checkpoint(config: Args) -> dict:
+    """checkpoint_last.pt of the run in config.run_dir, if it is data only and was made with this configuration."""
+    path = os.path.join(config.run_dir, "checkpoint_last.pt")
+    checkpoint = read_checkpoint(path, "--resume")
+    if checkpoint["env"] != config.env:
         raise UsageError(f"--resume: {path} belongs to {checkpoint['algo']} on {checkpoint['env']},"
                          f" not {ALGORITHM} on {config.env}")
     saved = checkpoint["config"]
@@ -937,9 +1019,7 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
     config_dict = dataclasses.asdict(config) | {"algo": ALGORITHM, "domain": task.domain}
     print(f"{ALGORITHM} configuration:\n{json.dumps(config_dict, indent=2)}", flush=True)
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config)
     buffer, data, statistics = prepare_data(config, task)
     print(data.description, flush=True)
     agent = Agent(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config, device)
@@ -952,15 +1032,16 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
     step = agent.step
     if config.compile:
         agent.compile()
-    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain,
-                          data.score, device)
+    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
+                          device, os.path.join(run_dir, "videos") if config.capture_video else None)
 
     import wandb
 
     wandb_id = wandb_id or secrets.token_hex(4)
     try:
-        run = wandb.init(project=config.wandb_project, mode=config.wandb_mode, dir=run_dir, id=wandb_id, resume="allow",
-                         name=os.path.basename(run_dir), group=config.wandb_group, config=config_dict)
+        run = wandb.init(project=config.wandb_project, entity=config.wandb_entity, mode=config.wandb_mode, dir=run_dir,
+                         id=wandb_id, resume="allow", name=os.path.basename(run_dir), group=config.wandb_group,
+                         config=config_dict, save_code=True)
     except wandb.errors.Error as error:  # e.g. --wandb-mode online without an API key
         evaluator.close()
         raise UsageError(f"wandb could not start ({one_line(error)}); --wandb-mode offline needs no account") from None
@@ -973,13 +1054,9 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
 
     def write_summary():
         rat, oms = summarize(evaluations)
-        summary = dict(env=config.env, algo=ALGORITHM, seed=config.seed, config=config_dict, evaluations=evaluations,
-                       rat=rat, oms=oms, final_step=step)
-        def write(temporary: str):
-            with open(temporary, "w") as file:
-                json.dump(summary, file, indent=1)
-
-        atomic_write(os.path.join(run_dir, "summary.json"), write)
+        write_json(os.path.join(run_dir, "summary.json"), dict(
+            env=config.env, algo=ALGORITHM, seed=config.seed, config=config_dict, evaluations=evaluations, rat=rat, oms=oms,
+            final_step=step))
 
     stop_signal = []  # SIGINT / SIGTERM end the run after the current step, with a checkpoint
     previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
@@ -1012,10 +1089,12 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
                 run.log({f"train/{key}": (value / metric_count).item() for key, value in metric_sums.items()}, step=step)
                 metric_sums, metric_count = {}, 0
             if evaluate_now:
-                result = evaluator(agent.act)
+                result = evaluator(agent.act, name=f"step{step}")
                 evaluations.append(dict(step=step, **result))
                 rat, oms = summarize(evaluations)
-                run.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms}, step=step)
+                video = {"eval/video": wandb.Video(result.pop("video"))} if "video" in result else {}
+                run.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms} | video,
+                        step=step)
                 progress.set_postfix(score=f"{result['normalized_score']:.1f}", rat=f"{rat:.1f}", oms=f"{oms:.1f}")
                 progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return {result['return']:.1f},"
                                f" RAT {rat:.1f}, OMS {oms:.1f}")
@@ -1071,10 +1150,56 @@ class CpuThreads:
         torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
 
 
+def seed_everything(config: Args):
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.torch_deterministic:  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(config.torch_deterministic)
+    torch.backends.cudnn.benchmark = not config.torch_deterministic
+
+
+def evaluate_only(args: Args) -> dict:
+    """--eval-only: a checkpoint evaluated with its run's configuration, the evaluation flags given here (those that
+    differ from their defaults) overriding it; prints the scores and writes eval_<checkpoint>.json beside it."""
+    if args.checkpoint is None and args.run_dir is None:
+        raise UsageError("--eval-only needs --run-dir (its checkpoint_last.pt) or --checkpoint PATH")
+    path = args.checkpoint or os.path.join(args.run_dir, "checkpoint_last.pt")
+    checkpoint = read_checkpoint(path, "--eval-only")
+    fields = {field.name for field in dataclasses.fields(Args)}
+    defaults = Args()
+    given = {key: getattr(args, key) for key in EVALUATION_FLAGS if getattr(args, key) != getattr(defaults, key)}
+    saved = Args(**{key: value for key, value in checkpoint["config"].items() if key in fields})
+    task = find_task(saved.env, saved.dataset_path)
+    config = resolve_config(dataclasses.replace(saved, **given, eval_only=True, resume=False), task)
+    check_flags(config)
+    seed_everything(config)
+    data = load_data(config, task)
+    statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
+    agent = Agent(len(statistics["observation_mean"]), len(statistics["action_low"]), config, torch.device(config.device))
+    agent.load_state_dict(checkpoint["agent"])
+    folder = os.path.dirname(os.path.abspath(path))
+    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
+                          config.device, os.path.join(folder, "videos") if config.capture_video else None)
+    try:
+        result = evaluator(agent.act, name=f"eval-only-step{agent.step}")
+    finally:
+        evaluator.close()
+    print(f"{path} ({config.env}, step {agent.step}): normalized score {result['normalized_score']:.1f}, return"
+          f" {result['return']:.1f} over {config.eval_episodes} episodes", flush=True)
+    report = dict(checkpoint=path, algo=ALGORITHM, env=config.env, step=agent.step, overrides=given, result=result,
+                  config=dataclasses.asdict(config))
+    write_json(os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(path))[0]}.json"), report)
+    return dict(run_dir=folder, step=agent.step, evaluations=[result], stopped=False, agent=agent)
+
+
 def main(argv: Optional[list] = None) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
     try:
-        result = train(args)
+        if args.capture_video:  # MuJoCo picks its GL backend at import: headless EGL unless the user chose one
+            os.environ.setdefault("MUJOCO_GL", "egl")
+        result = evaluate_only(args) if args.eval_only else train(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
