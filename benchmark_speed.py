@@ -19,7 +19,9 @@ step is what EDP exists to avoid (Diffusion-QL itself uses K = 5..100). EDP's co
 Sampling: environment steps per second in a real Walker2d-v5 with EAS (10 candidates) for each
 variant's sampler; and evaluation throughput with 10 episodes stepped together (edp_td3.Evaluator)
 versus one episode at a time. The limit: this machine's matrix-multiply throughput at the network's
-shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fraction reached.
+shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fraction reached. Side by
+side (CPU): the EDP update loop in one process alone, then in two processes at once, with the
+scripts' thread setting (--threads): the per-process throughput ratio (0.5 = fair sharing).
 """
 
 from __future__ import annotations

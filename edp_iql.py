@@ -1137,7 +1137,8 @@ class CpuThreads:
         self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS (reproduce.py)
         torch.set_num_threads(self.most)
         self.adapt = threads == 0 and self.most > 1 and os.path.exists("/proc/stat")
-        self.interval, self.next_check, self.last = interval, time.monotonic() + interval, self.usage()
+        self.interval, self.next_check = interval, time.monotonic() + interval
+        self.last = self.usage() if self.adapt else None
 
     @staticmethod
     def usage() -> tuple:

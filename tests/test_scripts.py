@@ -1,6 +1,7 @@
 """End-to-end runs of the algorithm scripts on locally made datasets, resume, and bad input."""
 
 import importlib
+import itertools
 import json
 import os
 import signal
@@ -363,3 +364,22 @@ def test_a_copied_script_runs_under_its_own_name(datasets, tmp_path):
     assert "__my_edp__3__" in run_dir.name
     assert summary(run_dir)["algo"] == "my_edp"
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["algo"] == "my_edp"
+
+
+def test_cpu_threads_drop_to_one_while_other_processes_are_busy(monkeypatch):
+    """--threads 0: all threads while the run has the CPUs, one while others keep more than half a core busy."""
+    import edp_td3
+
+    clock = itertools.count(0, 2)  # every tick is a check
+    usage = iter([(0, 0.0, 0.0), (2, 3.0, 2.0), (4, 5.0, 4.0), (6, 9.0, 6.0)])  # others busy 0.5, 0, 1 core
+    monkeypatch.setattr(edp_td3.CpuThreads, "usage", staticmethod(lambda: next(usage)))
+    monkeypatch.setattr(edp_td3.time, "monotonic", lambda: next(clock))
+    torch.set_num_threads(2)
+    threads = edp_td3.CpuThreads(0, interval=1.0)
+    seen = []
+    for _ in range(3):
+        threads.tick()
+        seen.append(torch.get_num_threads())
+    assert seen == [2, 2, 1]  # others: 0.5 core (not more than half), none, one whole core
+    fixed = edp_td3.CpuThreads(2)
+    assert not fixed.adapt and torch.get_num_threads() == 2
