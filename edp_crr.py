@@ -1198,8 +1198,9 @@ def evaluate_only(args: Args) -> dict:
 def main(argv: Optional[list] = None) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
     try:
-        if args.capture_video:  # MuJoCo picks its GL backend at import: headless EGL unless the user chose one
+        if args.capture_video:  # headless rendering unless the user chose otherwise: MuJoCo by EGL, pygame without a display
             os.environ.setdefault("MUJOCO_GL", "egl")
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         result = evaluate_only(args) if args.eval_only else train(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -383,3 +383,49 @@ def test_cpu_threads_drop_to_one_while_other_processes_are_busy(monkeypatch):
     assert seen == [2, 2, 1]  # others: 0.5 core (not more than half), none, one whole core
     fixed = edp_td3.CpuThreads(2)
     assert not fixed.adapt and torch.get_num_threads() == 2
+
+
+# -- evaluate and watch a trained policy ------------------------------------------------------------
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_eval_only_scores_a_checkpoint_as_its_run_did(script, datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    result = run_and_check(script, datasets["pendulum"], run_dir, 20, 10)
+    capsys.readouterr()
+    assert run_main(script, "--eval-only", "--run-dir", str(run_dir)) == 0
+    assert "step 20: normalized score" not in capsys.readouterr().out  # no training
+    report = json.loads((run_dir / "eval_checkpoint_last.json").read_text())
+    assert report["step"] == 20 and report["result"]["normalized_score"] == result["evaluations"][-1]["normalized_score"]
+    assert summary(run_dir) == result  # the run's own files are left as they were
+    # the EAS settings can be overridden; the rest of the configuration is the run's
+    assert run_main(script, "--eval-only", "--checkpoint", str(run_dir / "checkpoint_best.pt"), "--eas-samples", "1",
+                    "--eval-episodes", "1") == 0
+    report = json.loads((run_dir / "eval_checkpoint_best.json").read_text())
+    assert report["overrides"] == {"eas_samples": 1, "eval_episodes": 1} and report["config"]["num_diffusion_steps"] == 50
+
+
+def test_eval_only_without_a_checkpoint_is_one_line(tmp_path, capsys):
+    assert run_main("edp_td3", "--eval-only") == 2
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(tmp_path)) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "--eval-only needs --run-dir" in errors[0] and "no checkpoint at" in errors[1]
+
+
+def test_capture_video_records_one_episode_per_evaluation(datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    result = run_and_check("edp_td3", datasets["pendulum"], run_dir, 20, 10, "--capture-video")
+    videos = sorted(os.listdir(run_dir / "videos")) if (run_dir / "videos").exists() else []
+    if "cannot render here" in capsys.readouterr().err:  # a machine without rendering: said in one line, no video
+        assert videos == []
+        return
+    assert videos == ["step10-episode-0.mp4", "step20-episode-1.mp4"]
+    assert all((run_dir / "videos" / name).stat().st_size > 1000 for name in videos)
+    assert [os.path.basename(e["video"]) for e in result["evaluations"]] == videos
+
+
+def test_the_same_seed_gives_the_same_numbers(datasets, tmp_path):
+    """--torch-deterministic (on by default): two runs with one seed give identical evaluations and losses."""
+    first, second = (run_and_check("edp_crr", datasets["pendulum"], tmp_path / name, 20, 10) for name in ("a", "b"))
+    scores = [[{k: v for k, v in e.items() if k != "eval_seconds"} for e in run["evaluations"]] for run in (first, second)]
+    assert scores[0] == scores[1]
+    weights = [torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=True)["agent"]["policy"] for name in "ab"]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
