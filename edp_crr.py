@@ -8,10 +8,10 @@ The diffusion policy is trained by weighted maximum likelihood (Eq. 11): the int
 is replaced by the Gaussian surrogate N(a; a0_hat, sigma^2 I) around the action approximation
 (Eq. 13), or by the ELBO-weighted noise error (Eq. 12).
 
-Sections in reading order: command line, presets, data, algorithm, evaluation, run (checkpoints,
-logging and the training loop). Only the command line, the algorithm presets and the algorithm
-differ between edp_td3.py, edp_crr.py and edp_iql.py; every block marked "shared" is the same in
-all three, word for word (tests/test_shared_blocks.py keeps it so).
+Sections in reading order: command line (Args), the algorithm's presets, networks, the algorithm;
+then, below one marker, the blocks every script shares word for word (tests/test_shared_blocks.py):
+data, evaluation, run (checkpoints, logging and the training loop). Only the first part differs
+between edp_td3.py, edp_crr.py and edp_iql.py.
 """
 
 # ---8<--- shared: imports ---
@@ -171,6 +171,170 @@ ALGORITHM_PRESETS = {  # reward transforms of the authors' code for CRR
     "kitchen": dict(reward_transform="minmax"),
 }
 ALGORITHM_RELEASED = {}  # the released CRR agrees with these
+
+
+# ---8<--- shared: networks ---
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class TwinCritic(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int):
+        super().__init__()
+        self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple:
+        state_action = torch.cat([state, action], dim=-1)
+        return self.q1(state_action), self.q2(state_action)
+
+    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.min(*self(state, action))
+
+
+@torch.no_grad()
+def polyak(target: nn.Module, source: nn.Module, tau: float):
+    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+@torch.no_grad()
+def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
+    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
+    if step < config.ema_start:
+        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
+    elif step % config.ema_every == 0:
+        polyak(ema_policy, policy, config.ema_tau)
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
+    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return grad_norm
+
+class DiffusionAgent:
+    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
+
+    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
+
+    def compile(self):
+        for name in self.checkpointed:
+            if isinstance(getattr(self, name), nn.Module):
+                getattr(self, name).compile()
+
+    @property
+    def sample_kwargs(self) -> dict:
+        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
+        config = self.config
+        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
+                    skip=config.dpm_skip)
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
+        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
+        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
+        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
+                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
+                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
+
+    def load_state_dict(self, state: dict):
+        for name, value in state.items():
+            if name == "step":
+                self.step = value
+            else:
+                getattr(self, name).load_state_dict(value)
+# ---8<--- end shared: networks ---
+
+
+# ==============================================================================================
+# Algorithm: twin critics + the diffusion policy, trained with CRR (App. A.2)
+# ==============================================================================================
+def crr_weights(q_data: torch.Tensor, q_samples: torch.Tensor, beta: float, clip: float) -> torch.Tensor:
+    """exp(A / beta) clipped, with A = Q(s, a) - mean_j Q(s, a_j) (Eq. 21); q_samples is (B, N)."""
+    advantage = q_data - q_samples.mean(dim=1, keepdim=True)
+    return torch.exp(advantage / beta).clamp(max=clip)
+
+
+class EDPCRR(DiffusionAgent):
+    """update(batch): the critics as in TD3 (Eq. 6), then the policy by weighted likelihood (Eq. 11)."""
+
+    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
+
+    def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
+        if config.beta <= 0 or config.weight_clip <= 0 or config.advantage_samples < 1:
+            raise UsageError("need --beta > 0, --weight-clip > 0 and --advantage-samples >= 1")
+        self.config = config
+        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
+                                      learn_std=config.learn_std).to(device)
+        self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.critic = TwinCritic(state_dim, action_dim).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.step = 0
+
+    def critic_loss(self, batch: dict) -> tuple:
+        with torch.no_grad():
+            next_state = batch["next_observations"]
+            next_q = self.critic_target.q_min(next_state, self.ema_policy.sample(next_state, **self.sample_kwargs))
+            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q  # Eq. 6
+        q1, q2 = self.critic(batch["observations"], batch["actions"])
+        return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1
+
+    def policy_loss(self, batch: dict) -> tuple:
+        state, action = batch["observations"], batch["actions"]
+        approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
+        with torch.no_grad():  # the weight carries no gradient
+            n = self.config.advantage_samples
+            sigma = self.policy.log_std.clamp(-5.0, 2.0).exp()
+            samples = approximation.action.repeat_interleave(n, dim=0)
+            # a_j ~ N(a0_hat, sigma^2 I), clipped to the action range the critics know (our choice)
+            samples = (samples + sigma * torch.randn_like(samples)).clamp(-1.0, 1.0)
+            q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
+            weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
+        if self.config.likelihood == "gaussian":
+            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
+        else:
+            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
+        diffusion_loss = approximation.diffusion_loss()
+        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11 / Eq. 20
+        return diffusion_loss + weighted_loss, diffusion_loss, weighted_loss, weight
+
+    def update(self, batch: dict) -> dict:
+        self.step += 1
+        critic_loss, q = self.critic_loss(batch)
+        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
+
+        policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)
+        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
+
+        polyak(self.critic_target, self.critic, self.config.tau)
+        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
+        return dict(critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(), diffusion_loss=diffusion_loss.detach(),
+                    weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(), q_mean=q.detach().mean(),
+                    critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
+
+
+Agent = EDPCRR
+
+
+# ##############################################################################################
+# Everything below is the same in edp_td3.py, edp_crr.py and edp_iql.py, word for word: data,
+# evaluation, checkpoints, logging and the training loop. It repeats so that each script reads top to
+# bottom on its own (copy one file and diffusion.py, and you have the whole algorithm);
+# tests/test_shared_blocks.py keeps the copies identical, so change all three together.
+# ##############################################################################################
 
 
 # ---8<--- shared: data ---
@@ -543,162 +707,6 @@ def prepare_data(config, task: Task) -> tuple:
     )
     return DeviceBuffer(arrays, torch.device(config.device)), data, statistics
 # ---8<--- end shared: data ---
-
-
-# ---8<--- shared: networks ---
-def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, out_dim),
-    )
-
-
-class TwinCritic(nn.Module):
-    def __init__(self, state_dim: int, action_dim: int):
-        super().__init__()
-        self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple:
-        state_action = torch.cat([state, action], dim=-1)
-        return self.q1(state_action), self.q2(state_action)
-
-    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return torch.min(*self(state, action))
-
-
-@torch.no_grad()
-def polyak(target: nn.Module, source: nn.Module, tau: float):
-    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-@torch.no_grad()
-def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
-    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
-    if step < config.ema_start:
-        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
-    elif step % config.ema_every == 0:
-        polyak(ema_policy, policy, config.ema_tau)
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
-    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    optimizer.step()
-    return grad_norm
-
-class DiffusionAgent:
-    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
-
-    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
-
-    def compile(self):
-        for name in self.checkpointed:
-            if isinstance(getattr(self, name), nn.Module):
-                getattr(self, name).compile()
-
-    @property
-    def sample_kwargs(self) -> dict:
-        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
-        config = self.config
-        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
-                    skip=config.dpm_skip)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
-        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
-        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
-        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
-                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
-
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "step":
-                self.step = value
-            else:
-                getattr(self, name).load_state_dict(value)
-# ---8<--- end shared: networks ---
-
-
-# ==============================================================================================
-# Algorithm: twin critics + the diffusion policy, trained with CRR (App. A.2)
-# ==============================================================================================
-def crr_weights(q_data: torch.Tensor, q_samples: torch.Tensor, beta: float, clip: float) -> torch.Tensor:
-    """exp(A / beta) clipped, with A = Q(s, a) - mean_j Q(s, a_j) (Eq. 21); q_samples is (B, N)."""
-    advantage = q_data - q_samples.mean(dim=1, keepdim=True)
-    return torch.exp(advantage / beta).clamp(max=clip)
-
-
-class EDPCRR(DiffusionAgent):
-    """update(batch): the critics as in TD3 (Eq. 6), then the policy by weighted likelihood (Eq. 11)."""
-
-    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
-
-    def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
-        if config.beta <= 0 or config.weight_clip <= 0 or config.advantage_samples < 1:
-            raise UsageError("need --beta > 0, --weight-clip > 0 and --advantage-samples >= 1")
-        self.config = config
-        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
-                                      learn_std=config.learn_std).to(device)
-        self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic = TwinCritic(state_dim, action_dim).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.step = 0
-
-    def critic_loss(self, batch: dict) -> tuple:
-        with torch.no_grad():
-            next_state = batch["next_observations"]
-            next_q = self.critic_target.q_min(next_state, self.ema_policy.sample(next_state, **self.sample_kwargs))
-            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * next_q  # Eq. 6
-        q1, q2 = self.critic(batch["observations"], batch["actions"])
-        return F.mse_loss(q1, target) + F.mse_loss(q2, target), q1
-
-    def policy_loss(self, batch: dict) -> tuple:
-        state, action = batch["observations"], batch["actions"]
-        approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
-        with torch.no_grad():  # the weight carries no gradient
-            n = self.config.advantage_samples
-            sigma = self.policy.log_std.clamp(-5.0, 2.0).exp()
-            samples = approximation.action.repeat_interleave(n, dim=0)
-            # a_j ~ N(a0_hat, sigma^2 I), clipped to the action range the critics know (our choice)
-            samples = (samples + sigma * torch.randn_like(samples)).clamp(-1.0, 1.0)
-            q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
-            weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
-        if self.config.likelihood == "gaussian":
-            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
-        else:
-            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
-        diffusion_loss = approximation.diffusion_loss()
-        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11 / Eq. 20
-        return diffusion_loss + weighted_loss, diffusion_loss, weighted_loss, weight
-
-    def update(self, batch: dict) -> dict:
-        self.step += 1
-        critic_loss, q = self.critic_loss(batch)
-        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
-
-        policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)
-        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
-
-        polyak(self.critic_target, self.critic, self.config.tau)
-        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
-        return dict(critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(), diffusion_loss=diffusion_loss.detach(),
-                    weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(), q_mean=q.detach().mean(),
-                    critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
-
-
-Agent = EDPCRR
 
 
 # ---8<--- shared: evaluation ---

@@ -9,10 +9,10 @@ the target critics and Q to r + gamma V(s'). The diffusion policy is trained by 
 likelihood (Eq. 11) with the weight exp(A * temperature), A = Q - V, through the Gaussian surrogate
 N(a; a0_hat, sigma^2 I) around the action approximation (Eq. 13) or the ELBO form (Eq. 12).
 
-Sections in reading order: command line, presets, data, algorithm, evaluation, run (checkpoints,
-logging and the training loop). Only the command line, the algorithm presets and the algorithm
-differ between edp_td3.py, edp_crr.py and edp_iql.py; every block marked "shared" is the same in
-all three, word for word (tests/test_shared_blocks.py keeps it so).
+Sections in reading order: command line (Args), the algorithm's presets, networks, the algorithm;
+then, below one marker, the blocks every script shares word for word (tests/test_shared_blocks.py):
+data, evaluation, run (checkpoints, logging and the training loop). Only the first part differs
+between edp_td3.py, edp_crr.py and edp_iql.py.
 """
 
 # ---8<--- shared: imports ---
@@ -177,6 +177,171 @@ ALGORITHM_RELEASED = {  # the authors' runs: temperature 3 (10 AntMaze, 0.5 Kitc
     "adroit": dict(temperature=0.5),
     "kitchen": dict(temperature=0.5),
 }
+
+
+# ---8<--- shared: networks ---
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
+    """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, hidden_dim), Mish(),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class TwinCritic(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int):
+        super().__init__()
+        self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple:
+        state_action = torch.cat([state, action], dim=-1)
+        return self.q1(state_action), self.q2(state_action)
+
+    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.min(*self(state, action))
+
+
+@torch.no_grad()
+def polyak(target: nn.Module, source: nn.Module, tau: float):
+    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+@torch.no_grad()
+def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
+    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
+    if step < config.ema_start:
+        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
+    elif step % config.ema_every == 0:
+        polyak(ema_policy, policy, config.ema_tau)
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
+    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return grad_norm
+
+class DiffusionAgent:
+    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
+
+    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
+
+    def compile(self):
+        for name in self.checkpointed:
+            if isinstance(getattr(self, name), nn.Module):
+                getattr(self, name).compile()
+
+    @property
+    def sample_kwargs(self) -> dict:
+        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
+        config = self.config
+        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
+                    skip=config.dpm_skip)
+
+    @torch.no_grad()
+    def act(self, state: torch.Tensor) -> torch.Tensor:
+        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
+        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
+        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
+        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
+                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
+                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
+
+    def load_state_dict(self, state: dict):
+        for name, value in state.items():
+            if name == "step":
+                self.step = value
+            else:
+                getattr(self, name).load_state_dict(value)
+# ---8<--- end shared: networks ---
+
+
+# ==============================================================================================
+# Algorithm: twin critics, a value network and the diffusion policy, trained with IQL (App. A.3)
+# ==============================================================================================
+def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
+    """L_2^tau(u) = |tau - 1(u < 0)| u^2 with u = Q - V (Eq. 22), elementwise."""
+    return torch.abs(expectile - (difference < 0).float()) * difference.pow(2)
+
+
+def iql_weights(q: torch.Tensor, v: torch.Tensor, temperature: float, clip: float) -> torch.Tensor:
+    """exp(A * temperature) clipped, with A = Q(s, a) - V(s)."""
+    return torch.exp((q - v) * temperature).clamp(max=clip)
+
+
+class EDPIQL(DiffusionAgent):
+    """update(batch): V (expectile regression), then the policy (Eq. 11), then Q (Eq. 22), as the authors."""
+
+    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "value", "policy_optimizer",
+                    "critic_optimizer", "value_optimizer")
+
+    def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
+        if not 0 < config.expectile < 1 or config.temperature <= 0 or config.weight_clip <= 0:
+            raise UsageError("need 0 < --expectile < 1, --temperature > 0 and --weight-clip > 0")
+        self.config = config
+        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
+                                      learn_std=config.learn_std).to(device)
+        self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
+        self.critic = TwinCritic(state_dim, action_dim).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value = mlp(state_dim, 1).to(device)
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr)
+        self.step = 0
+
+    def update(self, batch: dict) -> dict:
+        self.step += 1
+        state, action = batch["observations"], batch["actions"]
+        # V: expectile regression towards min(Q1, Q2) of the target critics, on dataset actions only
+        with torch.no_grad():
+            target_q = self.critic_target.q_min(state, action)
+        v = self.value(state)
+        value_loss = expectile_loss(target_q - v, self.config.expectile).mean()
+        optimizer_step(value_loss, self.value_optimizer, self.value, self.config.grad_clip)
+
+        # policy: weighted likelihood with exp(A * temperature), A = Q - V, no gradient through the weight
+        approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
+        weight = iql_weights(target_q, v.detach(), self.config.temperature, self.config.weight_clip)
+        if self.config.likelihood == "gaussian":
+            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
+        else:
+            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
+        diffusion_loss = approximation.diffusion_loss()
+        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11
+        policy_loss = diffusion_loss + weighted_loss
+        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
+
+        # Q: towards r + gamma V(s') (Eq. 22); no policy sample anywhere in policy evaluation
+        with torch.no_grad():
+            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * self.value(batch["next_observations"])
+        q1, q2 = self.critic(state, action)
+        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
+
+        polyak(self.critic_target, self.critic, self.config.tau)
+        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
+        return dict(value_loss=value_loss.detach(), critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(),
+                    diffusion_loss=diffusion_loss.detach(), weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(),
+                    v_mean=v.detach().mean(), critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
+
+
+Agent = EDPIQL
+
+
+# ##############################################################################################
+# Everything below is the same in edp_td3.py, edp_crr.py and edp_iql.py, word for word: data,
+# evaluation, checkpoints, logging and the training loop. It repeats so that each script reads top to
+# bottom on its own (copy one file and diffusion.py, and you have the whole algorithm);
+# tests/test_shared_blocks.py keeps the copies identical, so change all three together.
+# ##############################################################################################
 
 
 # ---8<--- shared: data ---
@@ -549,163 +714,6 @@ def prepare_data(config, task: Task) -> tuple:
     )
     return DeviceBuffer(arrays, torch.device(config.device)), data, statistics
 # ---8<--- end shared: data ---
-
-
-# ---8<--- shared: networks ---
-def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    """The paper's backbone: 3 x (Linear 256 + Mish), then a linear head."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, hidden_dim), Mish(),
-        nn.Linear(hidden_dim, out_dim),
-    )
-
-
-class TwinCritic(nn.Module):
-    def __init__(self, state_dim: int, action_dim: int):
-        super().__init__()
-        self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple:
-        state_action = torch.cat([state, action], dim=-1)
-        return self.q1(state_action), self.q2(state_action)
-
-    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return torch.min(*self(state, action))
-
-
-@torch.no_grad()
-def polyak(target: nn.Module, source: nn.Module, tau: float):
-    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-@torch.no_grad()
-def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
-    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
-    if step < config.ema_start:
-        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
-    elif step % config.ema_every == 0:
-        polyak(ema_policy, policy, config.ema_tau)
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
-    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    optimizer.step()
-    return grad_norm
-
-class DiffusionAgent:
-    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
-
-    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
-
-    def compile(self):
-        for name in self.checkpointed:
-            if isinstance(getattr(self, name), nn.Module):
-                getattr(self, name).compile()
-
-    @property
-    def sample_kwargs(self) -> dict:
-        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
-        config = self.config
-        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
-                    skip=config.dpm_skip)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
-        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
-        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
-        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
-                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
-
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "step":
-                self.step = value
-            else:
-                getattr(self, name).load_state_dict(value)
-# ---8<--- end shared: networks ---
-
-
-# ==============================================================================================
-# Algorithm: twin critics, a value network and the diffusion policy, trained with IQL (App. A.3)
-# ==============================================================================================
-def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
-    """L_2^tau(u) = |tau - 1(u < 0)| u^2 with u = Q - V (Eq. 22), elementwise."""
-    return torch.abs(expectile - (difference < 0).float()) * difference.pow(2)
-
-
-def iql_weights(q: torch.Tensor, v: torch.Tensor, temperature: float, clip: float) -> torch.Tensor:
-    """exp(A * temperature) clipped, with A = Q(s, a) - V(s)."""
-    return torch.exp((q - v) * temperature).clamp(max=clip)
-
-
-class EDPIQL(DiffusionAgent):
-    """update(batch): V (expectile regression), then the policy (Eq. 11), then Q (Eq. 22), as the authors."""
-
-    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "value", "policy_optimizer",
-                    "critic_optimizer", "value_optimizer")
-
-    def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
-        if not 0 < config.expectile < 1 or config.temperature <= 0 or config.weight_clip <= 0:
-            raise UsageError("need 0 < --expectile < 1, --temperature > 0 and --weight-clip > 0")
-        self.config = config
-        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
-                                      learn_std=config.learn_std).to(device)
-        self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic = TwinCritic(state_dim, action_dim).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = mlp(state_dim, 1).to(device)
-        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr)
-        self.step = 0
-
-    def update(self, batch: dict) -> dict:
-        self.step += 1
-        state, action = batch["observations"], batch["actions"]
-        # V: expectile regression towards min(Q1, Q2) of the target critics, on dataset actions only
-        with torch.no_grad():
-            target_q = self.critic_target.q_min(state, action)
-        v = self.value(state)
-        value_loss = expectile_loss(target_q - v, self.config.expectile).mean()
-        optimizer_step(value_loss, self.value_optimizer, self.value, self.config.grad_clip)
-
-        # policy: weighted likelihood with exp(A * temperature), A = Q - V, no gradient through the weight
-        approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
-        weight = iql_weights(target_q, v.detach(), self.config.temperature, self.config.weight_clip)
-        if self.config.likelihood == "gaussian":
-            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
-        else:
-            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
-        diffusion_loss = approximation.diffusion_loss()
-        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11
-        policy_loss = diffusion_loss + weighted_loss
-        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
-
-        # Q: towards r + gamma V(s') (Eq. 22); no policy sample anywhere in policy evaluation
-        with torch.no_grad():
-            target = batch["rewards"] + (1 - batch["dones"]) * self.config.gamma * self.value(batch["next_observations"])
-        q1, q2 = self.critic(state, action)
-        critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
-        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
-
-        polyak(self.critic_target, self.critic, self.config.tau)
-        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
-        return dict(value_loss=value_loss.detach(), critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(),
-                    diffusion_loss=diffusion_loss.detach(), weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(),
-                    v_mean=v.detach().mean(), critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
-
-
-Agent = EDPIQL
 
 
 # ---8<--- shared: evaluation ---

@@ -32,3 +32,17 @@ def test_shared_block_is_identical_to_edp_td3(script, block):
 
         diff = "".join(difflib.unified_diff(reference.splitlines(True), other.splitlines(True), "edp_td3.py", script))
         pytest.fail(f"shared block '{block}' of {script} differs from edp_td3.py:\n{diff}")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_reader_meets_the_algorithm_first(script):
+    """Args, presets, networks and the algorithm class come first; the shared data, evaluation and run blocks follow."""
+    with open(os.path.join(ROOT, script)) as file:
+        lines = file.read().splitlines()
+    def first(pattern):
+        return next(number for number, line in enumerate(lines, 1) if re.match(pattern, line))
+    order = [first(r"class Args\b"), first(r"ALGORITHM_PRESETS = "), first(r"# ---8<--- shared: networks"),
+             first(r"class EDP\w+\(DiffusionAgent\)"), first(r"# ---8<--- shared: data"),
+             first(r"# ---8<--- shared: evaluation"), first(r"# ---8<--- shared: run")]
+    assert order == sorted(order), order
+    assert order[3] <= 280, f"the algorithm class starts at line {order[3]}"
