@@ -1117,8 +1117,8 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
         progress.close()
         evaluator.close()
         run.finish(exit_code=0 if first_nonfinite.item() < 0 else 1)
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+        for signum, handler in previous_handlers.items():  # once stopping, a further signal must not cut the exit
+            signal.signal(signum, signal.SIG_IGN if stop_signal else handler)  # short (main() restores the caller's)
     if stop_signal:
         print(f"stopped by signal {stop_signal[0]} at step {step}; checkpoint saved, continue with"
               f" --resume --run-dir {run_dir}", file=sys.stderr, flush=True)
@@ -1205,6 +1205,7 @@ def evaluate_only(args: Args) -> dict:
 
 def main(argv: Optional[list] = None) -> int:
     args = tyro.cli(Args, args=argv, description=__doc__.split("\n\n")[0])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         if args.capture_video:  # headless rendering unless the user chose otherwise: MuJoCo by EGL, pygame without a display
             os.environ.setdefault("MUJOCO_GL", "egl")
@@ -1216,6 +1217,10 @@ def main(argv: Optional[list] = None) -> int:
     except (Diverged, SaveFailed) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:  # in-process callers get their handlers back; from the command line, a run stopped by a signal
+        if argv is not None:  # ignores further ones until the process has exited (shutdown takes a moment)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
     return 130 if result["stopped"] else 0
 
 

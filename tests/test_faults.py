@@ -191,9 +191,10 @@ def test_resume_refuses_changed_flags_and_applies_the_ones_that_may_change(datas
 
 
 # -- signals and NaN ----------------------------------------------------------------------------------
-def test_two_quick_sigterms_still_end_with_a_complete_checkpoint(datasets, tmp_path):
+@pytest.mark.parametrize("gap", [0.05, 0.5])  # the second signal during the save, or after it
+def test_two_quick_sigterms_still_end_with_a_complete_checkpoint(gap, datasets, tmp_path):
     run_dir = tmp_path / "run"
-    returncode, stderr = stop(start_slow_run(run_dir, datasets["pendulum"]), 0.05)
+    returncode, stderr = stop(start_slow_run(run_dir, datasets["pendulum"]), gap)
     assert returncode == 130 and "Traceback" not in stderr, stderr
     checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
     assert checkpoint["agent"]["step"] == stopped_at(stderr)
