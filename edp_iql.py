@@ -434,7 +434,7 @@ def flatten_observation(observation):
     return np.concatenate([flatten_observation(observation[key]) for key in sorted(observation)], axis=-1)
 
 
-TRUSTED_ENV_MODULES = ("gymnasium", "gymnasium_robotics", "make_demo_dataset")
+TRUSTED_ENV_MODULES = ("gymnasium", "gymnasium_robotics", "make_demo_dataset")  # the last: this repo's demo task
 D4RL_KITCHEN_EVAL = dict(remove_task_when_completed=True, terminate_on_tasks_completed=True)
 
 
@@ -864,7 +864,7 @@ def resolve_config(args: Args, task: Task) -> Args:
     positive = [name for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "eas_samples", "dpm_steps",
                                   "num_diffusion_steps", "log_every", "ema_every") if getattr(config, name) < 1]
     if positive:
-        raise UsageError(f"{', '.join('--' + name.replace('_', '-') for name in positive)} must be at least 1")
+        raise UsageError(f"{', '.join(map(flag, positive))} must be at least 1")
     if config.threads < 0:
         raise UsageError("--threads must be 0 (adapt to the machine's load) or a number of threads")
     if not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1

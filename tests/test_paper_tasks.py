@@ -70,16 +70,16 @@ def test_kitchen_scores_each_task_once_as_d4rl():
     assert result["return"] == 1.0 and result["normalized_score"] == pytest.approx(25.0)
 
 
-def test_locomotion_files_are_evaluated_on_the_v4_models():
-    for robot, env_id in [("hopper", "Hopper-v4"), ("halfcheetah", "HalfCheetah-v4"), ("walker2d", "Walker2d-v4")]:
-        assert edp_td3.TASKS[f"{robot}-medium-replay"].env_id == env_id
-
-
-def test_eval_env_flag_takes_registered_ids_only(tmp_path, capsys):
-    assert edp_td3.main(["--env", "hopper-medium", "--dataset-path", str(tmp_path / "x.hdf5"), "--eval-env",
-                         "Hopper-v5", "--run-dir", str(tmp_path / "run")]) == 2  # the file is checked first
-    with pytest.raises(edp_td3.UsageError, match="did you mean Hopper-v"):
-        edp_td3.registered_env_maker("Hoper-v5")
+def test_eval_env_flag_picks_the_evaluation_env_and_takes_registered_ids_only(replicas, tmp_path, capsys):
+    config = edp_td3.Args(env="hopper-medium", dataset_path=replicas["hopper"])
+    assert edp_td3.load_data(config, edp_td3.TASKS["hopper-medium"]).make_env().spec.id == "Hopper-v4"
+    data = edp_td3.load_data(edp_td3.Args(env="hopper-medium", dataset_path=replicas["hopper"], eval_env="Hopper-v5"),
+                             edp_td3.TASKS["hopper-medium"])
+    assert data.make_env().spec.id == "Hopper-v5" and "evaluated on Hopper-v5" in data.description
+    assert edp_td3.main(["--env", "hopper-medium", "--dataset-path", replicas["hopper"], "--eval-env", "Hoper-v5",
+                         "--run-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "did you mean Hopper-v" in error, error
 
 
 # -- every task family x every script, end to end on the replicas (conftest.py `replicas`) ---------------
