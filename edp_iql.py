@@ -9,10 +9,8 @@ the target critics and Q to r + gamma V(s'). The diffusion policy is trained by 
 likelihood (Eq. 11) with the weight exp(A * temperature), A = Q - V, through the Gaussian surrogate
 N(a; a0_hat, sigma^2 I) around the action approximation (Eq. 13) or the ELBO form (Eq. 12).
 
-Sections in reading order: command line (Args), the algorithm's presets, networks, the algorithm;
-then, below one marker, the blocks every script shares word for word (tests/test_shared_blocks.py):
-data, evaluation, run (checkpoints, logging and the training loop). Only the first part differs
-between edp_td3.py, edp_crr.py and edp_iql.py.
+Reading order: command line (Args), the defaults table, networks, the algorithm; then, below one marker,
+the data, evaluation and run blocks, the same word for word in edp_td3.py, edp_crr.py and edp_iql.py.
 """
 
 # ---8<--- shared: imports ---
@@ -163,19 +161,42 @@ class Args:
 
 
 # ==============================================================================================
-# Presets: the paper's Table 3 and the authors' code, by domain; any flag overrides them
+# Defaults: a flag left unset (None in Args) takes its --preset's value for the task: one value, one per domain
+# (DOMAINS' order) or one per task (others: the paper's). A flag given wins. README "Paper and released code".
 # ==============================================================================================
-ALGORITHM_PRESETS = {
-    "locomotion": dict(expectile=0.7, temperature=1.0, reward_transform="none"),  # App. A.3: beta = 1, tau 0.7 / 0.9
-    "antmaze": dict(expectile=0.9, temperature=1.0, reward_transform="antmaze-iql"),
-    "adroit": dict(expectile=0.7, temperature=1.0, reward_transform="minmax"),
-    "kitchen": dict(expectile=0.7, temperature=1.0, reward_transform="minmax"),
+DOMAINS = ("locomotion", "antmaze", "adroit", "kitchen")
+PAPER = {  # paper Table 3 and text; "ours" where the paper is silent
+    "total_steps": (2_000_000, 1_000_000, 1_000_000, 1_000_000),  # 2000 / 1000 epochs of 1000 steps
+    "eval_every": 10_000,  # every 10 epochs
+    "lr": (3e-4, 3e-4, 3e-5, 3e-4),
+    "grad_clip": 5.0,
+    "expectile": (0.7, 0.9, 0.7, 0.7),  # App. A.3
+    "temperature": 1.0,  # App. A.3: beta = 1
+    "reward_transform": ("none", "antmaze-iql", "minmax", "minmax"),  # the authors' code (REFERENCE.md)
+    "normalize_obs": ("off", "per-dimension", "per-dimension", "per-dimension"),  # ours
+    "eval_episodes": (10, 100, 10, 10),  # ours on AntMaze (success rate from 100 episodes)
+    "eas_samples": 10,  # Sec. 5 / Fig. 4
+    "dpm_method": "multistep",  # ours (the paper gives order 3 and 15 calls only)
+    "dpm_skip": "logSNR",  # ours
+    "action_clip": 1.0,
+    "acting_policy": "ema",  # ours: the policy that gives the TD-target actions
 }
-ALGORITHM_RELEASED = {  # the authors' runs: temperature 3 (10 AntMaze, 0.5 Kitchen and Adroit); README's --norm_reward
-    "locomotion": dict(temperature=3.0, reward_transform="returns"),  # data/dataset.py:142, 1000 / return range
-    "antmaze": dict(temperature=10.0),
-    "adroit": dict(temperature=0.5),
-    "kitchen": dict(temperature=0.5),
+RELEASED = PAPER | {  # sail-sg/edp, where it differs from the paper
+    "grad_clip": {  # diffusion/hps.py `gn`, read by trainer.py:222
+        "halfcheetah-medium": 9.0, "halfcheetah-medium-replay": 2.0, "halfcheetah-medium-expert": 7.0, "hopper-medium": 9.0,
+        "hopper-medium-replay": 4.0, "hopper-medium-expert": 5.0, "walker2d-medium": 1.0, "walker2d-medium-replay": 4.0,
+        "walker2d-medium-expert": 5.0, "antmaze-umaze": 2.0, "antmaze-umaze-diverse": 3.0, "antmaze-medium-play": 2.0,
+        "antmaze-medium-diverse": 1.0, "antmaze-large-play": 10.0, "antmaze-large-diverse": 7.0, "pen-human": 7.0,
+        "pen-cloned": 8.0, "kitchen-complete": 9.0, "kitchen-partial": 10.0, "kitchen-mixed": 10.0},
+    "normalize_obs": "off",  # obs_norm=False
+    "eval_episodes": 10,  # eval_n_trajs
+    "eas_samples": 50,  # trainer.py num_samples
+    "dpm_method": "singlestep",  # dpm_solver.py
+    "dpm_skip": "time_uniform",
+    "action_clip": 0.999,  # clip_action
+    "acting_policy": "online",  # train_params act
+    "temperature": (3.0, 10.0, 0.5, 0.5),  # the authors' runs (their README's commands)
+    "reward_transform": ("returns", "antmaze-iql", "minmax", "minmax"),  # --norm_reward: data/dataset.py:142
 }
 
 
@@ -348,27 +369,8 @@ Agent = EDPIQL
 # ==============================================================================================
 # Data: the paper's tasks, Minari datasets, D4RL HDF5 files, transforms, a batch sampler on device
 # ==============================================================================================
-DOMAIN_PRESETS = {  # paper Table 3; where the paper is silent (observations, AntMaze episodes) our choice
-    "locomotion": dict(lr=3e-4, grad_clip=5.0, epochs=2000, normalize_obs="off", eval_episodes=10),
-    "antmaze": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=100),
-    "adroit": dict(lr=3e-5, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=10),
-    "kitchen": dict(lr=3e-4, grad_clip=5.0, epochs=1000, normalize_obs="per-dimension", eval_episodes=10),
-}
-STEPS_PER_EPOCH, EVAL_EVERY_EPOCHS = 1000, 10
-# The two presets differ only here (and in ALGORITHM_RELEASED); sources in README "Paper and released code".
-PAPER_PRESET = dict(  # Sec. 5 / Fig. 4: EAS over 10 actions; DPM-Solver order 3, 15 calls (method and grid: ours)
-    eas_samples=10, dpm_method="multistep", dpm_skip="logSNR", action_clip=1.0, acting_policy="ema")
-RELEASED_PRESET = dict(  # sail-sg/edp: trainer.py num_samples=50, train_params act, clip_action=0.999, obs_norm=False,
-    eas_samples=50, dpm_method="singlestep", dpm_skip="time_uniform", action_clip=0.999, acting_policy="online",
-    normalize_obs="off", eval_episodes=10)  # eval_n_trajs=10; dpm_solver.py singlestep, time_uniform
-RELEASED_GRAD_CLIP = {  # sail-sg/edp diffusion/hps.py `gn`, read by trainer.py:222 (Table 3 says 5 everywhere)
-    "halfcheetah-medium": 9.0, "halfcheetah-medium-replay": 2.0, "halfcheetah-medium-expert": 7.0,
-    "hopper-medium": 9.0, "hopper-medium-replay": 4.0, "hopper-medium-expert": 5.0,
-    "walker2d-medium": 1.0, "walker2d-medium-replay": 4.0, "walker2d-medium-expert": 5.0,
-    "antmaze-umaze": 2.0, "antmaze-umaze-diverse": 3.0, "antmaze-medium-play": 2.0, "antmaze-medium-diverse": 1.0,
-    "antmaze-large-play": 10.0, "antmaze-large-diverse": 7.0, "pen-human": 7.0, "pen-cloned": 8.0,
-    "kitchen-complete": 9.0, "kitchen-partial": 10.0, "kitchen-mixed": 10.0,
-}
+class UsageError(Exception):
+    """Bad input: reported as one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -402,10 +404,6 @@ for _quality in ("complete", "partial", "mixed"):
     TASKS[f"kitchen-{_quality}"] = Task("kitchen", f"D4RL/kitchen/{_quality}-v2", None, D4RL_REFERENCE["kitchen"])
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
 def find_task(name: str, dataset_path: Optional[str]) -> Task:
     if name in TASKS:
         return TASKS[name]
@@ -419,12 +417,9 @@ def find_task(name: str, dataset_path: Optional[str]) -> Task:
 
 
 def flatten_observation(observation):
-    """Dict observations as D4RL's policies saw them; other dicts: every leaf, keys sorted, recursively.
-
-    Goal envs give [achieved_goal, observation]: AntMaze 2 + 27 = D4RL's 29 dims, no goal. Kitchen's goals are
-    dicts of per-task arrays: they are left out, since achieved_goal repeats object positions of the 59-d
-    `observation` and desired_goal is constant (D4RL's 60-d kitchen state = 30 positions + a constant 30-d goal).
-    """
+    """Dict observations as D4RL's policies saw them: goal envs give [achieved_goal, observation] (AntMaze: D4RL's 29
+    dims); Kitchen's per-task goal dicts are left out (achieved_goal repeats positions in its 59-d `observation`,
+    desired_goal is constant: D4RL's 60-d state held 30 positions and a constant goal); other dicts: every leaf, sorted."""
     if not isinstance(observation, dict):
         return np.asarray(observation, dtype=np.float32)
     if "observation" in observation and "achieved_goal" in observation:
@@ -438,31 +433,27 @@ TRUSTED_ENV_MODULES = ("gymnasium", "gymnasium_robotics", "make_demo_dataset")  
 D4RL_KITCHEN_EVAL = dict(remove_task_when_completed=True, terminate_on_tasks_completed=True)
 
 
-def env_maker(spec: gym.envs.registration.EnvSpec, domain: str) -> Callable[[], gym.Env]:
-    """The evaluation env of a dataset, built from a registered id only: a dataset's metadata names its env by entry
-    point, and importing an arbitrary one would run code the user never chose."""
+def env_maker(env: str | gym.envs.registration.EnvSpec, domain: str) -> Callable[..., gym.Env]:
+    """The evaluation env (a dataset's spec or an --eval-env id), registered envs only: a dataset's metadata names its
+    env by entry point, and importing an arbitrary one would run code the user never chose. Keywords go to gym.make."""
+    if isinstance(env, str) and env not in gym.registry:
+        import gymnasium_robotics  # noqa: F401  (registers AntMaze, Adroit and Kitchen)
+    spec = gym.registry.get(env) if isinstance(env, str) else env
+    if spec is None:
+        close = difflib.get_close_matches(env, list(gym.registry), n=3)
+        raise UsageError(f"--eval-env {env} is not a registered Gymnasium env" + (f"; did you mean {', '.join(close)}?" if close else ""))
     entry_point = spec.entry_point if isinstance(spec.entry_point, str) else repr(spec.entry_point)
-    module = entry_point.split(":")[0]
-    if module.split(".")[0] not in TRUSTED_ENV_MODULES:
-        raise UsageError(f"the dataset's evaluation env {spec.id} comes from {entry_point}, outside Gymnasium and"
+    module = entry_point.split(":")[0].split(".")[0]
+    if module not in TRUSTED_ENV_MODULES:
+        raise UsageError(f"the evaluation env {spec.id} comes from {entry_point}, outside Gymnasium and"
                          f" Gymnasium-Robotics; refusing to import it (pass --eval-env with a registered id)")
-    __import__(module.split(".")[0])  # registers its envs
-    registered = gym.registry.get(spec.id)
-    if registered is None or registered.entry_point != spec.entry_point:
-        raise UsageError(f"the dataset's evaluation env {spec.id} ({entry_point}) is not a registered Gymnasium env")
+    __import__(module)  # registers its envs
+    if getattr(gym.registry.get(spec.id), "entry_point", None) != spec.entry_point:
+        raise UsageError(f"the evaluation env {spec.id} ({entry_point}) is not a registered Gymnasium env")
     kwargs = dict(spec.kwargs)
     if domain == "kitchen":  # score tasks done out of 4 as D4RL did: each task pays once, episode ends when all are done
         kwargs |= D4RL_KITCHEN_EVAL  # Minari's data was collected with both off (README: Kitchen scoring)
     return lambda **extra: gym.make(spec.id, max_episode_steps=spec.max_episode_steps, **kwargs, **extra)
-
-
-def registered_env_maker(env_id: str) -> Callable[[], gym.Env]:
-    import gymnasium_robotics  # noqa: F401  (registers AntMaze, Adroit, Kitchen)
-
-    if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
-        raise UsageError(f"--eval-env {env_id} is not a registered Gymnasium env" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    return lambda **extra: gym.make(env_id, **extra)
 
 
 @dataclass
@@ -492,19 +483,14 @@ def open_minari(dataset_id: str):
     from minari.storage import get_dataset_path
 
     path = get_dataset_path(dataset_id)
-    if not os.path.isdir(os.path.join(path, "data")):
-        try:
-            return minari.load_dataset(dataset_id, download=True)
-        except Exception as error:  # no network, no huggingface_hub, unknown id
-            raise UsageError(
-                f"dataset {dataset_id} is not in {path} and could not be downloaded ({type(error).__name__});"
-                f" run `minari download {dataset_id}` where there is internet and copy it there, or set MINARI_DATASETS_PATH"
-            ) from None
+    local = os.path.isdir(os.path.join(path, "data"))
     try:
-        return minari.load_dataset(dataset_id)
-    except Exception as error:  # a missing main_data.hdf5, a corrupt metadata.json, ...
-        raise UsageError(f"{path} holds a damaged Minari dataset ({type(error).__name__}: {error});"
-                         f" remove it and download or make it again") from None
+        return minari.load_dataset(dataset_id, download=not local)
+    except Exception as error:  # no network, no huggingface_hub, an unknown id; no main_data.hdf5, bad metadata.json
+        raise UsageError(f"{path} holds a damaged Minari dataset ({one_line(error)}); remove it and download or make it"
+                         " again" if local else f"dataset {dataset_id} is not in {path} and could not be downloaded"
+                         f" ({type(error).__name__}); run `minari download {dataset_id}` where there is internet and"
+                         " copy it there, or set MINARI_DATASETS_PATH") from None
 
 
 def newest_local_version(dataset_id: str) -> str:
@@ -531,33 +517,26 @@ def antmaze_evaluation_goal(make_env: Callable[[], gym.Env]) -> np.ndarray:
 
 
 def load_minari(task: Task, name: str) -> OfflineData:
-    dataset_id = task.minari_id
-    if dataset_id is None:
-        raise UsageError(
-            f"Minari holds no copy of D4RL's {name}-v2; download the original HDF5 file (D4RL) and pass --dataset-path"
-        )
-    dataset_id = newest_local_version(dataset_id) if name in TASKS else dataset_id
+    if task.minari_id is None:
+        raise UsageError(f"Minari holds no copy of D4RL's {name}-v2; download the original HDF5 file (D4RL) and pass"
+                         " --dataset-path")
+    dataset_id = newest_local_version(task.minari_id) if name in TASKS else task.minari_id
     dataset = open_minari(dataset_id)
     if dataset.total_episodes == 0:
         raise UsageError(f"the Minari dataset {dataset_id} holds no episodes")
-    eval_spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5 keeps the eval spec private
-    make_env = env_maker(eval_spec, task.domain)
+    make_env = env_maker(getattr(dataset, "_eval_env_spec", None) or dataset.env_spec, task.domain)  # Minari 0.5
     # Minari's AntMaze rewards (and desired_goal) follow a goal drawn anew in each collection episode, never the
     # evaluation goal: relabel r_t from achieved_goal at t + 1 against the evaluation goal, as D4RL's data is
     goal = antmaze_evaluation_goal(make_env) if task.domain == "antmaze" else None
     columns = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "dones")}
-    returns = []
     try:
         for episode in dataset.iterate_episodes():
             observations = flatten_observation(episode.observations)
-            columns["observations"].append(observations[:-1])
-            columns["next_observations"].append(observations[1:])
-            columns["actions"].append(np.asarray(episode.actions, dtype=np.float32))
-            rewards = np.asarray(episode.rewards, dtype=np.float32) if goal is None else (
+            rewards = episode.rewards if goal is None else (
                 np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= ANTMAZE_SUCCESS_RADIUS)
-            columns["rewards"].append(rewards.astype(np.float32))
-            columns["dones"].append(np.asarray(episode.terminations, dtype=np.float32))
-            returns.append(float(np.sum(rewards)))
+            for key, value in zip(columns, (observations[:-1], episode.actions, rewards, observations[1:],
+                                            episode.terminations)):
+                columns[key].append(np.asarray(value, dtype=np.float32))
         arrays = {key: np.concatenate(value) for key, value in columns.items()}
     except (OSError, KeyError, ValueError, TypeError) as error:  # a truncated file, episodes of other shapes
         raise UsageError(f"the episodes of {dataset_id} cannot be read ({type(error).__name__}: {error})") from None
@@ -569,7 +548,8 @@ def load_minari(task: Task, name: str) -> OfflineData:
         score = lambda returns: 100.0 * minari.get_normalized_score(dataset, returns)  # noqa: E731
     replica = " (a structural REPLICA, not the real data)" if str(metadata.get("algorithm_name", "")).startswith("replica") else ""
     relabelled = f", rewards relabelled to the evaluation goal {goal.tolist()}" if goal is not None else ""
-    return OfflineData(**arrays, episode_returns=np.asarray(returns), score=score, make_env=make_env,
+    return OfflineData(**arrays, episode_returns=np.array([rewards.sum() for rewards in columns["rewards"]]),
+                       score=score, make_env=make_env,
                        description=f"Minari {dataset_id}: {dataset.total_episodes} episodes{replica}{relabelled}")
 
 
@@ -590,25 +570,18 @@ def load_hdf5(task: Task, name: str, path: str) -> OfflineData:
     except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, a group where an array belongs
         raise UsageError(f"cannot read {path} as D4RL HDF5: {error}") from None
     check_arrays(data, path)
-    n = len(data["observations"])
     terminals, timeouts = data["terminals"].astype(bool), data["timeouts"].astype(bool)
     if "next_observations" in data:
-        keep = np.arange(n)
-        next_observations = data["next_observations"]
+        keep, next_observations = np.arange(len(terminals)), data["next_observations"]
     else:  # as D4RL's qlearning_dataset: the next observation is the next row, except after a timeout
         keep = np.flatnonzero(~timeouts[:-1])
         next_observations = data["observations"][keep + 1]
-    episode_ends = np.flatnonzero(terminals | timeouts)
-    returns = np.add.reduceat(data["rewards"], np.r_[0, episode_ends[:-1] + 1]) if len(episode_ends) else np.array([data["rewards"].sum()])
+    episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts)[:-1] + 1]
     return OfflineData(
-        observations=data["observations"][keep].astype(np.float32),
-        actions=data["actions"][keep].astype(np.float32),
-        rewards=data["rewards"][keep].astype(np.float32),
-        next_observations=np.asarray(next_observations, dtype=np.float32),
-        dones=terminals[keep].astype(np.float32),
-        episode_returns=np.asarray(returns, dtype=np.float64),
-        make_env=registered_env_maker(task.env_id),
-        score=d4rl_score(task.ref_scores),
+        **{key: data[key][keep].astype(np.float32) for key in ("observations", "actions", "rewards")},
+        next_observations=next_observations.astype(np.float32), dones=terminals[keep].astype(np.float32),
+        episode_returns=np.add.reduceat(data["rewards"].astype(np.float64), episode_starts),
+        make_env=env_maker(task.env_id, task.domain), score=d4rl_score(task.ref_scores),
         description=f"D4RL HDF5 {path}: {len(keep)} transitions, evaluated on {task.env_id}",
     )
 
@@ -668,41 +641,37 @@ class DeviceBuffer:
 
     def __init__(self, arrays: dict, device: torch.device):
         self.tensors = {key: torch.as_tensor(value, dtype=torch.float32, device=device) for key, value in arrays.items()}
-        self.size = len(arrays["observations"])
-        self.device = device
+        self.size, self.device = len(arrays["observations"]), device
 
     def sample(self, batch_size: int) -> dict:
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-def load_data(config, task: Task) -> OfflineData:
+def load_data(config: Args, task: Task) -> OfflineData:
     """The task's data, checked, with the environment it is evaluated in."""
     data = load_hdf5(task, config.env, config.dataset_path) if config.dataset_path else load_minari(task, config.env)
     check_arrays(dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
                       next_observations=data.next_observations, dones=data.dones), data.description)
     if config.eval_env is not None:
-        data.make_env = registered_env_maker(config.eval_env)
+        data.make_env = env_maker(config.eval_env, task.domain)
         data.description += f", evaluated on {config.eval_env}"
     return data
 
 
-def prepare_data(config, task: Task) -> tuple:
+def prepare_data(config: Args, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_data(config, task)
     env = data.make_env()
     action_low, action_high = check_spaces(data, env)
     env.close()
-    dim = data.observations.shape[1]
-    observation_mean, observation_std = np.zeros(dim), np.ones(dim)
-    observation_clip = np.inf
-    if config.normalize_obs == "per-dimension":
-        observation_mean, observation_std = data.observations.mean(0), data.observations.std(0) + 1e-3
-    elif config.normalize_obs == "scalar":  # the released code: one mean and std over every entry, then clip
-        observation_mean, observation_std = np.full(dim, data.observations.mean()), np.full(dim, data.observations.std() + 1e-3)
-        observation_clip = 10.0  # sail-sg/edp utilities/utils.py norm_obs
-    statistics = dict(observation_mean=observation_mean.astype(np.float32), observation_std=observation_std.astype(np.float32),
-                      observation_clip=observation_clip, action_low=action_low, action_high=action_high)
+    observations, dim = data.observations, data.observations.shape[1]
+    mean, std, clip = {"off": (0.0, 1.0, np.inf), "per-dimension": (observations.mean(0), observations.std(0) + 1e-3, np.inf),
+                       # the released code: one mean and std over every entry, then clip (sail-sg/edp utils.py norm_obs)
+                       "scalar": (observations.mean(), observations.std() + 1e-3, 10.0)}[config.normalize_obs]
+    statistics = dict(observation_mean=np.broadcast_to(mean, dim).astype(np.float32), observation_clip=clip,
+                      observation_std=np.broadcast_to(std, dim).astype(np.float32), action_low=action_low,
+                      action_high=action_high)
     action_mid, action_half = (action_high + action_low) / 2, (action_high - action_low) / 2
     arrays = dict(
         observations=normalize_observations(data.observations, statistics),
@@ -738,12 +707,6 @@ class Evaluator:
         self.envs = gym.vector.SyncVectorEnv(makers)
         self.episodes, self.seed, self.domain, self.score, self.device = episodes, seed, domain, score, device
         self.statistics = statistics
-        self.action_mid = (statistics["action_high"] + statistics["action_low"]) / 2
-        self.action_half = (statistics["action_high"] - statistics["action_low"]) / 2
-
-    def normalized_score(self, episode_return: np.ndarray, success: np.ndarray) -> np.ndarray:
-        """x100: AntMaze by success, the rest by the dataset's reference returns."""
-        return 100.0 * success if self.domain == "antmaze" else self.score(episode_return)
 
     def __call__(self, act: Callable[[torch.Tensor], torch.Tensor], name: str = "eval") -> dict:
         """Scores of one evaluation; `name` names its video, <name>-episode-<k>.mp4."""
@@ -759,12 +722,11 @@ class Evaluator:
             videos = glob.glob(os.path.join(self.recorder.video_folder, f"{name}-episode-*.mp4"))
             if videos:
                 result["video"] = max(videos, key=os.path.getmtime)
-        self.take_video = False
         return result | dict(eval_seconds=time.perf_counter() - start)
 
     def run_episodes(self, act: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         observation, _ = self.envs.reset(seed=self.seed)
-        n = self.episodes
+        n, low, high = self.episodes, self.statistics["action_low"], self.statistics["action_high"]
         returns, lengths = np.zeros(n), np.zeros(n, dtype=int)
         success, has_success = np.zeros(n, dtype=bool), False
         finished = np.zeros(n, dtype=bool)
@@ -773,7 +735,7 @@ class Evaluator:
             active = ~finished
             state = normalize_observations(flatten_observation(observation)[active], self.statistics)
             policy_action = act(torch.as_tensor(state, dtype=torch.float32, device=self.device)).cpu().numpy()
-            action[active] = self.action_mid + self.action_half * policy_action
+            action[active] = (high + low) / 2 + (high - low) / 2 * policy_action
             observation, reward, terminated, truncated, info = self.envs.step(action)
             returns[active] += reward[active]
             lengths[active] += 1
@@ -782,7 +744,7 @@ class Evaluator:
                 success[active] |= np.asarray(info["success"], dtype=bool)[active] & np.asarray(info["_success"])[active]
             finished |= terminated | truncated
             self.take_video = False  # env 0's next episode (autoreset) is not recorded
-        scores = self.normalized_score(returns, success)
+        scores = 100.0 * success if self.domain == "antmaze" else self.score(returns)  # x100, AntMaze by success
         result = dict(normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()),
                       **{"return": float(returns.mean())}, return_std=float(returns.std()),
                       episode_length=float(lengths.mean()))
@@ -846,56 +808,55 @@ def one_line(error: Exception) -> str:
 
 
 def resolve_config(args: Args, task: Task) -> Args:
-    """Fill every unset flag from the presets of the task's domain and check the result."""
-    presets = DOMAIN_PRESETS[task.domain] | ALGORITHM_PRESETS[task.domain]
-    if args.preset == "released":  # per-task clip where the authors' table has the task, else Table 3's
-        presets |= RELEASED_PRESET | ALGORITHM_RELEASED.get(task.domain, {}) | dict(
-            grad_clip=RELEASED_GRAD_CLIP.get(args.env, presets["grad_clip"]))
-    else:
-        presets |= PAPER_PRESET
-    filled = {key: value for key, value in presets.items() if hasattr(args, key) and getattr(args, key) is None}
-    if args.total_steps is None:
-        filled["total_steps"] = presets["epochs"] * STEPS_PER_EPOCH
-    if args.eval_every is None:
-        filled["eval_every"] = EVAL_EVERY_EPOCHS * STEPS_PER_EPOCH
+    """Every flag left unset takes its preset's value on the task (the tables at the top); then all are checked."""
+    table = PAPER if args.preset == "paper" else RELEASED
+
+    def preset_value(row):  # one value, one per domain, or one per task (a task it lacks: the paper's value)
+        if isinstance(row, dict):
+            return row[args.env] if args.env in row else None
+        return row[DOMAINS.index(task.domain)] if isinstance(row, tuple) else row
+
+    filled = {key: preset_value(row) for key, row in table.items() if getattr(args, key) is None}
+    filled |= {key: preset_value(PAPER[key]) for key, value in filled.items() if value is None}
     if args.device == "auto":
         filled["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     config = dataclasses.replace(args, **filled)
-    positive = [name for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "eas_samples", "dpm_steps",
-                                  "num_diffusion_steps", "log_every", "ema_every") if getattr(config, name) < 1]
-    if positive:
-        raise UsageError(f"{', '.join(map(flag, positive))} must be at least 1")
-    if config.threads < 0:
-        raise UsageError("--threads must be 0 (adapt to the machine's load) or a number of threads")
-    if not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1
-            and 0 < config.ema_tau <= 1 and config.eas_temperature > 0):
-        raise UsageError("need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1,"
-                         " --eas-temperature > 0")
-    if not (0 < config.action_clip <= 1 and config.noise_scale >= 0 and config.policy_scale > 0):
-        raise UsageError("need 0 < --action-clip <= 1, --noise-scale >= 0, --policy-scale > 0")
+    check_config(config)
+    return config
+
+
+def check_config(config: Args):
+    """One line for every flag value that would end in a traceback, or in a run that means nothing."""
+    too_small = [flag(name) for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "eas_samples",
+                                         "dpm_steps", "num_diffusion_steps", "log_every", "ema_every")
+                 if getattr(config, name) < 1]
+    cuda = re.fullmatch(r"cuda(:(\d+))?", config.device)
+    for wrong, message in [
+        (too_small, f"{', '.join(too_small)} must be at least 1"),
+        (config.threads < 0, "--threads must be 0 (adapt to the machine's load) or a number of threads"),
+        (not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1
+              and 0 < config.ema_tau <= 1 and config.eas_temperature > 0),
+         "need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1, --eas-temperature > 0"),
+        (not (0 < config.action_clip <= 1 and config.noise_scale >= 0 and config.policy_scale > 0),
+         "need 0 < --action-clip <= 1, --noise-scale >= 0, --policy-scale > 0"),
+        (not (cuda or config.device == "cpu"), f"--device {config.device}: use cpu, cuda, cuda:N or auto"),
+        (cuda and not torch.cuda.is_available(), f"--device {config.device} asked for, but torch sees no CUDA device;"
+                                                 " use --device cpu"),
+        (cuda and cuda[2] and int(cuda[2]) >= torch.cuda.device_count(),
+         f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA device(s)"),
+        (not 0 <= config.seed < 2**32, f"--seed must be in 0 .. 2**32 - 1, got {config.seed}"),  # numpy's seed range
+        (config.sampler == "dpm" and config.num_diffusion_steps < 2,  # DPM-Solver integrates t over [1/K, 1]
+         "--sampler dpm needs --num-diffusion-steps >= 2 (at K = 1 DPM-Solver has no time interval to integrate);"
+         " use --sampler ddpm for K = 1"),
+        (config.resume and config.run_dir is None, "--resume needs --run-dir, the folder of the run to continue"),
+    ]:
+        if wrong:
+            raise UsageError(message)
     try:
         make_beta_schedule(config.schedule, config.num_diffusion_steps)
         check_sampler_args(config.sampler, config.dpm_steps, config.dpm_order, config.dpm_method, config.dpm_skip)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {config.device} asked for, but torch sees no CUDA device; use --device cpu")
-    return config
-
-
-def check_flags(config: Args):
-    """What resolve_config leaves unchecked and would otherwise end in a traceback."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
-        raise UsageError(f"--device {config.device}: use cpu, cuda, cuda:N or auto")
-    if config.device.startswith("cuda:") and int(config.device[5:]) >= torch.cuda.device_count():
-        raise UsageError(f"--device {config.device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    if not 0 <= config.seed < 2**32:  # numpy's seed range
-        raise UsageError(f"--seed must be in 0 .. 2**32 - 1, got {config.seed}")
-    if config.sampler == "dpm" and config.num_diffusion_steps < 2:  # DPM-Solver integrates t over [1/K, 1]
-        raise UsageError("--sampler dpm needs --num-diffusion-steps >= 2 (at K = 1 DPM-Solver has no time interval"
-                         " to integrate); use --sampler ddpm for K = 1")
-    if config.resume and config.run_dir is None:
-        raise UsageError("--resume needs --run-dir, the folder of the run to continue")
 
 
 def lock_run_dir(run_dir: str, resume: bool):
@@ -934,44 +895,21 @@ def last_good_checkpoint(run_dir: str) -> str:
     return f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was saved"
 
 
-def atomic_write(path: str, write: Callable[[str], None]):
-    """Write to a temporary file, then rename: a reader never sees half a file, a failed write leaves none."""
+def atomic_write(path: str, content):
+    """torch.save (or JSON for a .json path) to a temporary file, then rename: a reader never sees half a file, and a
+    failed write leaves none."""
     temporary = f"{path}.tmp"
     try:
-        write(temporary)
+        if path.endswith(".json"):
+            with open(temporary, "w") as file:
+                json.dump(content, file, indent=1)
+        else:
+            torch.save(content, temporary)
         os.replace(temporary, path)
     except (OSError, RuntimeError) as error:  # a full or read-only disk; torch.save reports it as a RuntimeError
         with contextlib.suppress(OSError):
             os.remove(temporary)
-        last_good = last_good_checkpoint(os.path.dirname(path))
-        raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good}") from None
-
-
-def write_json(path: str, content: dict):
-    def write(temporary: str):
-        with open(temporary, "w") as file:
-            json.dump(content, file, indent=1)
-
-    atomic_write(path, write)
-
-
-def rng_state() -> dict:
-    """Every generator's state as numbers, tuples and tensors, which torch.load(weights_only=True) reads."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    state = dict(python=random.getstate(), torch=torch.get_rng_state(),
-                 numpy=(kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian))
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    kind, keys, *rest = state["numpy"]
-    random.setstate(state["python"])
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good_checkpoint(os.path.dirname(path))}") from None
 
 
 def read_checkpoint(path: str, purpose: str) -> dict:
@@ -1009,6 +947,43 @@ def load_checkpoint(config: Args) -> dict:
     return checkpoint
 
 
+def seed_everything(config: Args):
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.torch_deterministic:  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(config.torch_deterministic)
+    torch.backends.cudnn.benchmark = not config.torch_deterministic
+
+
+def rng_state() -> dict:
+    """The generators training draws from (torch; Python's for TD3's critic head), in a form weights_only loads."""
+    return dict(python=random.getstate(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def set_up(config: Args, task: Task, checkpoint: Optional[dict], video_folder: str) -> tuple:
+    """Seeds, data, the agent (its weights, statistics and random state from the checkpoint if one is given) and
+    the evaluator (recording to video_folder with --capture-video)."""
+    seed_everything(config)
+    buffer, data, statistics = prepare_data(config, task)
+    print(data.description, flush=True)
+    agent = Agent(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config, torch.device(config.device))
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
+        random.setstate(checkpoint["rng"]["python"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    if config.compile:
+        agent.compile()
+    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
+                          config.device, video_folder if config.capture_video else None)
+    return buffer, agent, evaluator, statistics
+
+
 def summarize(evaluations: list) -> tuple:
     """RAT: mean of the last 10 evaluations' scores; OMS: the best evaluation."""
     scores = [evaluation["normalized_score"] for evaluation in evaluations]
@@ -1018,67 +993,50 @@ def summarize(evaluations: list) -> tuple:
 def train(args: Args) -> dict:
     task = find_task(args.env, args.dataset_path)
     config = resolve_config(args, task)
-    check_flags(config)
     run_dir = config.run_dir or os.path.join(
         "runs", f"{config.env.replace('/', '-')}__{ALGORITHM}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
-    lock = lock_run_dir(run_dir, config.resume)
-    try:  # the folder stays locked until the run ends, however it ends
-        return train_in_locked_dir(dataclasses.replace(config, run_dir=run_dir), task)
-    finally:
-        lock.close()
+    with lock_run_dir(run_dir, config.resume):  # the folder stays locked until the run ends, however it ends
+        config = dataclasses.replace(config, run_dir=run_dir)
+        checkpoint = load_checkpoint(config) if config.resume else None
+        config_dict = dataclasses.asdict(config) | {"algo": ALGORITHM, "domain": task.domain}
+        print(f"{ALGORITHM} configuration:\n{json.dumps(config_dict, indent=2)}", flush=True)
+        buffer, agent, evaluator, statistics = set_up(config, task, checkpoint, os.path.join(run_dir, "videos"))
+        evaluations, wandb_id = (checkpoint["evaluations"], checkpoint["wandb_id"]) if checkpoint else ([], secrets.token_hex(4))
+        import wandb
+
+        try:
+            run = wandb.init(project=config.wandb_project, entity=config.wandb_entity, mode=config.wandb_mode, dir=run_dir,
+                             id=wandb_id, resume="allow", name=os.path.basename(run_dir), group=config.wandb_group,
+                             config=config_dict, save_code=True)
+        except wandb.errors.Error as error:  # e.g. --wandb-mode online without an API key
+            evaluator.close()
+            raise UsageError(f"wandb could not start ({one_line(error)}); --wandb-mode offline needs no account") from None
+
+        def save(name: str):
+            atomic_write(os.path.join(run_dir, name), dict(
+                algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), evaluations=evaluations,
+                statistics={key: torch.as_tensor(value) for key, value in statistics.items()}, wandb_id=wandb_id,
+                rng=rng_state()))
+
+        def write_summary(step: int):
+            rat, oms = summarize(evaluations)
+            atomic_write(os.path.join(run_dir, "summary.json"), dict(
+                env=config.env, algo=ALGORITHM, seed=config.seed, config=config_dict, evaluations=evaluations, rat=rat,
+                oms=oms, final_step=step))
+
+        return training_loop(config, agent, buffer, evaluator, run, evaluations, save, write_summary)
 
 
-def train_in_locked_dir(config: Args, task: Task) -> dict:
-    device, run_dir = torch.device(config.device), config.run_dir
-    checkpoint = load_checkpoint(config) if config.resume else None
-    config_dict = dataclasses.asdict(config) | {"algo": ALGORITHM, "domain": task.domain}
-    print(f"{ALGORITHM} configuration:\n{json.dumps(config_dict, indent=2)}", flush=True)
-
-    seed_everything(config)
-    buffer, data, statistics = prepare_data(config, task)
-    print(data.description, flush=True)
-    agent = Agent(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config, device)
-    evaluations, wandb_id = [], None
-    if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
-        evaluations, wandb_id = checkpoint["evaluations"], checkpoint["wandb_id"]
-        set_rng_state(checkpoint["rng"])
-    step = agent.step
-    if config.compile:
-        agent.compile()
-    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
-                          device, os.path.join(run_dir, "videos") if config.capture_video else None)
-
+def training_loop(config: Args, agent, buffer: DeviceBuffer, evaluator: Evaluator, run, evaluations: list,
+                  save: Callable[[str], None], write_summary: Callable[[int], None]) -> dict:
+    """Update, log every --log-every steps, evaluate and save every --eval-every steps; a signal stops it cleanly."""
     import wandb
+    from tqdm import tqdm
 
-    wandb_id = wandb_id or secrets.token_hex(4)
-    try:
-        run = wandb.init(project=config.wandb_project, entity=config.wandb_entity, mode=config.wandb_mode, dir=run_dir,
-                         id=wandb_id, resume="allow", name=os.path.basename(run_dir), group=config.wandb_group,
-                         config=config_dict, save_code=True)
-    except wandb.errors.Error as error:  # e.g. --wandb-mode online without an API key
-        evaluator.close()
-        raise UsageError(f"wandb could not start ({one_line(error)}); --wandb-mode offline needs no account") from None
-
-    def save(path: str):
-        state = dict(algo=ALGORITHM, env=config.env, config=config_dict, agent=agent.state_dict(), evaluations=evaluations,
-                     statistics={key: torch.as_tensor(value) for key, value in statistics.items()}, wandb_id=wandb_id,
-                     rng=rng_state())
-        atomic_write(path, lambda temporary: torch.save(state, temporary))
-
-    def write_summary():
-        rat, oms = summarize(evaluations)
-        write_json(os.path.join(run_dir, "summary.json"), dict(
-            env=config.env, algo=ALGORITHM, seed=config.seed, config=config_dict, evaluations=evaluations, rat=rat, oms=oms,
-            final_step=step))
-
+    run_dir, step, device = config.run_dir, agent.step, torch.device(config.device)
     stop_signal = []  # SIGINT / SIGTERM end the run after the current step, with a checkpoint
     previous_handlers = {signum: signal.signal(signum, lambda signum, frame: stop_signal.append(signum))
                          for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    from tqdm import tqdm
-
     progress = tqdm(total=config.total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
     metric_sums, metric_count = {}, 0
     first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)  # step of the first NaN/inf loss, on device
@@ -1086,6 +1044,7 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
     def check_finite():  # one host sync per log interval, not per step
         if first_nonfinite.item() >= 0:
             raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; {last_good_checkpoint(run_dir)}")
+
     threads = CpuThreads(config.threads)
     try:
         while step < config.total_steps and not stop_signal:
@@ -1094,8 +1053,7 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
             step += 1
             total_loss = sum(value for key, value in metrics.items() if key.endswith("loss"))
             first_nonfinite = torch.where((first_nonfinite < 0) & ~torch.isfinite(total_loss), step, first_nonfinite)
-            for key, value in metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + value
+            metric_sums = {key: metric_sums.get(key, 0.0) + value for key, value in metrics.items()}
             metric_count += 1
             progress.update(1)
             evaluate_now = step % config.eval_every == 0 or step == config.total_steps
@@ -1110,16 +1068,15 @@ def train_in_locked_dir(config: Args, task: Task) -> dict:
                 video = {"eval/video": wandb.Video(result.pop("video"))} if "video" in result else {}
                 run.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms} | video,
                         step=step)
-                progress.set_postfix(score=f"{result['normalized_score']:.1f}", rat=f"{rat:.1f}", oms=f"{oms:.1f}")
                 progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return {result['return']:.1f},"
                                f" RAT {rat:.1f}, OMS {oms:.1f}")
-                save(os.path.join(run_dir, "checkpoint_last.pt"))  # the checkpoints first, then the summary of them
+                save("checkpoint_last.pt")  # the checkpoints first, then the summary of them
                 if result["normalized_score"] >= oms:
-                    save(os.path.join(run_dir, "checkpoint_best.pt"))
-                write_summary()
+                    save("checkpoint_best.pt")
+                write_summary(step)
         if stop_signal:  # saved while the handlers still catch signals: a second one cannot cut the write
             check_finite()
-            save(os.path.join(run_dir, "checkpoint_last.pt"))
+            save("checkpoint_last.pt")
     finally:  # on every exit: the progress bar, the environments and the wandb run are closed
         progress.close()
         evaluator.close()
@@ -1166,16 +1123,6 @@ class CpuThreads:
         torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
 
 
-def seed_everything(config: Args):
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if config.torch_deterministic:  # cuBLAS needs a fixed workspace to be deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(config.torch_deterministic)
-    torch.backends.cudnn.benchmark = not config.torch_deterministic
-
-
 def evaluate_only(args: Args) -> dict:
     """--eval-only: a checkpoint evaluated with its run's configuration, the evaluation flags given here (those that
     differ from their defaults) overriding it; prints the scores and writes eval_<checkpoint>.json beside it."""
@@ -1183,21 +1130,13 @@ def evaluate_only(args: Args) -> dict:
         raise UsageError("--eval-only needs --run-dir (its checkpoint_last.pt) or --checkpoint PATH")
     path = args.checkpoint or os.path.join(args.run_dir, "checkpoint_last.pt")
     checkpoint = read_checkpoint(path, "--eval-only")
-    fields = {field.name for field in dataclasses.fields(Args)}
-    defaults = Args()
+    defaults, fields = Args(), {field.name for field in dataclasses.fields(Args)}
     given = {key: getattr(args, key) for key in EVALUATION_FLAGS if getattr(args, key) != getattr(defaults, key)}
     saved = Args(**{key: value for key, value in checkpoint["config"].items() if key in fields})
     task = find_task(saved.env, saved.dataset_path)
     config = resolve_config(dataclasses.replace(saved, **given, eval_only=True, resume=False), task)
-    check_flags(config)
-    seed_everything(config)
-    data = load_data(config, task)
-    statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
-    agent = Agent(len(statistics["observation_mean"]), len(statistics["action_low"]), config, torch.device(config.device))
-    agent.load_state_dict(checkpoint["agent"])
     folder = os.path.dirname(os.path.abspath(path))
-    evaluator = Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
-                          config.device, os.path.join(folder, "videos") if config.capture_video else None)
+    _, agent, evaluator, _ = set_up(config, task, checkpoint, os.path.join(folder, "videos"))
     try:
         result = evaluator(agent.act, name=f"eval-only-step{agent.step}")
     finally:
@@ -1206,7 +1145,7 @@ def evaluate_only(args: Args) -> dict:
           f" {result['return']:.1f} over {config.eval_episodes} episodes", flush=True)
     report = dict(checkpoint=path, algo=ALGORITHM, env=config.env, step=agent.step, overrides=given, result=result,
                   config=dataclasses.asdict(config))
-    write_json(os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(path))[0]}.json"), report)
+    atomic_write(os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(path))[0]}.json"), report)
     return dict(run_dir=folder, step=agent.step, evaluations=[result], stopped=False, agent=agent)
 
 

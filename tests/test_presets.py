@@ -154,3 +154,17 @@ def test_help_output_carries_the_per_domain_values(capsys):
         run_main("edp_td3", "--help")
     text = " ".join(capsys.readouterr().out.replace("│", " ").split())
     assert "(default: 3e-4; 3e-5 on adroit; Table 3)" in text
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_defaults_table_covers_exactly_the_flags_left_unset(script):
+    """Every row of PAPER and RELEASED is a flag whose Args default is None, and every such flag that a preset
+    fills has a row: a reader finds each default in the one table at the top."""
+    module = importlib.import_module(script)
+    unset = {name for name, value in vars(module.Args()).items() if value is None}
+    not_preset = {"dataset_path", "eval_env", "run_dir", "wandb_group", "wandb_entity", "checkpoint"}  # no default
+    assert set(module.PAPER) == set(module.RELEASED) == unset - not_preset
+    for task in ONE_TASK_PER_DOMAIN:
+        config = resolve(script, task)
+        assert all(getattr(config, name) is not None for name in module.PAPER)
+    assert resolve(script, "hopper-medium").total_steps == 2_000_000 and resolve(script, "pen-human").total_steps == 1_000_000

@@ -36,12 +36,12 @@ def test_shared_block_is_identical_to_edp_td3(script, block):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_the_reader_meets_the_algorithm_first(script):
-    """Args, presets, networks and the algorithm class come first; the shared data, evaluation and run blocks follow."""
+    """Args, the defaults table, networks and the algorithm class come first; the shared data, evaluation and run blocks follow."""
     with open(os.path.join(ROOT, script)) as file:
         lines = file.read().splitlines()
     def first(pattern):
         return next(number for number, line in enumerate(lines, 1) if re.match(pattern, line))
-    order = [first(r"class Args\b"), first(r"ALGORITHM_PRESETS = "), first(r"# ---8<--- shared: networks"),
+    order = [first(r"class Args\b"), first(r"PAPER = "), first(r"# ---8<--- shared: networks"),
              first(r"class EDP\w+\(DiffusionAgent\)"), first(r"# ---8<--- shared: data"),
              first(r"# ---8<--- shared: evaluation"), first(r"# ---8<--- shared: run")]
     assert order == sorted(order), order
