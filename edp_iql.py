@@ -1045,7 +1045,7 @@ def training_loop(config: Args, agent, buffer: DeviceBuffer, evaluator: Evaluato
         if first_nonfinite.item() >= 0:
             raise Diverged(f"a loss became NaN or inf at step {first_nonfinite.item()}; {last_good_checkpoint(run_dir)}")
 
-    threads = CpuThreads(config.threads)
+    threads, finished = CpuThreads(config.threads), False
     try:
         while step < config.total_steps and not stop_signal:
             metrics = agent.update(buffer.sample(config.batch_size))
@@ -1077,10 +1077,11 @@ def training_loop(config: Args, agent, buffer: DeviceBuffer, evaluator: Evaluato
         if stop_signal:  # saved while the handlers still catch signals: a second one cannot cut the write
             check_finite()
             save("checkpoint_last.pt")
+        finished = True  # wandb hears exit code 1 of a run that diverged, failed to save or crashed
     finally:  # on every exit: the progress bar, the environments and the wandb run are closed
         progress.close()
         evaluator.close()
-        run.finish(exit_code=0 if first_nonfinite.item() < 0 else 1)
+        run.finish(exit_code=0 if finished else 1)
         for signum, handler in previous_handlers.items():  # once stopping, a further signal must not cut the exit
             signal.signal(signum, signal.SIG_IGN if stop_signal else handler)  # short (main() restores the caller's)
     if stop_signal:

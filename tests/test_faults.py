@@ -160,9 +160,25 @@ def test_a_failed_save_keeps_the_last_good_files_and_stops_with_one_line(failing
         return save(state, path, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk)
+    import wandb
+
+    init, exit_codes = wandb.init, []
+
+    class RunSpy:  # hears what wandb is told of the run's end
+        def __init__(self, *args, **kwargs):
+            self.run = init(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.run, name)
+
+        def finish(self, exit_code=None, **kwargs):
+            exit_codes.append(exit_code)
+            return self.run.finish(exit_code=exit_code, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", RunSpy)
     run_dir = tmp_path / "run"
     assert tiny_run(datasets["pendulum"], run_dir, steps=30) == 1
-    assert calls[-1] == "checkpoint_last.pt.tmp" and len(calls) == failing
+    assert calls[-1] == "checkpoint_last.pt.tmp" and len(calls) == failing and exit_codes == [1]
     error = one_line_error(capsys.readouterr().err, f"cannot write {run_dir / 'checkpoint_last.pt'}",
                            "No space left on device", trained=True)
     assert not list(run_dir.glob("*.tmp"))
