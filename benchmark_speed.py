@@ -2,6 +2,7 @@
 
     python benchmark_speed.py --json speed.json --plot speed.png
     python benchmark_speed.py --quick            # under two minutes on a 2-core CPU (CI smoke test)
+    python benchmark_speed.py --compile          # adds the rows of --compile (torch.compile of the whole update)
 
 Training: iterations per second of the real update step of edp_td3.py (imported, not rewritten) on a
 synthetic batch with the paper's testbed shapes (walker2d: 17-d state, 6-d action, batch 256):
@@ -22,6 +23,8 @@ versus one episode at a time. The limit: this machine's matrix-multiply throughp
 shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fraction reached. Side by
 side (CPU): the EDP update loop in one process alone, then in two processes at once, with the
 scripts' thread setting (--threads): the per-process throughput ratio (0.5 = fair sharing).
+With --compile, dql_k5, edp_no_ap and edp again as the scripts' --compile runs them (DiffusionAgent.compile: the
+whole update and EAS acting, each one graph), with their compile time and their own roofline fraction.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ VARIANTS = {  # name: (K, schedule, action approximation, sampler)
     "edp_no_ap": (100, "linear", False, "dpm"),
     "edp": (1000, "linear", True, "dpm"),
 }
+COMPILED = ("dql_k5", "edp_no_ap", "edp")  # dql's 100-step chain, unrolled with its gradient, takes minutes to compile
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Args:
     device: str = "auto"
     """cpu, cuda, or auto"""
     compile: bool = False
-    """torch.compile the networks before timing"""
+    """also time dql_k5, edp_no_ap and edp compiled (as the scripts' --compile), beside the eager rows"""
     threads: int = 0
     """the scripts' --threads in the side-by-side figure (0: their adaptive default; 2: all cores, fixed)"""
     seed: int = 0
@@ -275,6 +279,22 @@ def side_by_side(seconds: float, threads: int = 0) -> dict:
     return dict(alone_ips=alone, together_ips=together, ratio=min(together) / alone, seconds=seconds, threads=threads)
 
 
+def compiled_row(name: str, batch: dict, device: torch.device, iterations: int, repeats: int, env_steps: int,
+                 seed: int) -> dict:
+    """A variant as --compile runs it: compile time (the first update and the first EAS call), then its speeds."""
+    num_steps, schedule, action_approx, sampler = VARIANTS[name]
+    torch.manual_seed(seed)
+    agent = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, make_config(str(device), num_steps, schedule, action_approx, sampler), device)
+    agent.compile()
+    start = time.perf_counter()
+    agent.update(batch)
+    agent.act(torch.zeros(1, STATE_DIM, device=device))
+    synchronize(device)
+    compile_seconds = time.perf_counter() - start
+    return dict(train_ips=train_ips(agent, batch, device, iterations, repeats),
+                sample_sps=sample_sps(agent, device, env_steps, repeats), compile_s=compile_seconds)
+
+
 def update_flops(agent, batch: dict) -> int:
     with FlopCounterMode(display=False) as counter:
         agent.update(batch)
@@ -315,8 +335,6 @@ def main(args: Args) -> dict:
     for name, (num_steps, schedule, action_approx, sampler) in VARIANTS.items():
         config = make_config(str(device), num_steps, schedule, action_approx, sampler)
         agent = agents[name] = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, config, device)
-        if args.compile:
-            agent.compile()
         # the slow rows need fewer iterations for the same timing precision
         scale = max(1, iterations // (4 if sampler == "ddpm" and num_steps > 5 else 1))
         results["variants"][name] = dict(train_ips=train_ips(agent, batch, device, scale, repeats),
@@ -341,12 +359,26 @@ def main(args: Args) -> dict:
     achieved = flops * results["variants"]["edp"]["train_ips"] / 1e9
     results["roofline"] = dict(gemm_gflops=limit, edp_flops_per_iter=flops, edp_achieved_gflops=achieved,
                                edp_fraction=achieved / limit, gemm_peak_gflops=peak)
+    if args.compile:
+        results["compiled"] = {}
+        for name in COMPILED:
+            results["compiled"][name] = row = compiled_row(name, batch, device, iterations, repeats, env_steps, args.seed)
+            print(f"{name:11s} compiled in {row['compile_s']:5.1f} s   train {row['train_ips']:8.2f} it/s"
+                  f"   sample {row['sample_sps']:8.2f} steps/s", flush=True)
+        compiled_edp = results["compiled"]["edp"]
+        results["roofline"]["edp_compiled_fraction"] = flops * compiled_edp["train_ips"] / 1e9 / limit
+        compiled_edp["vs_eager"] = dict(train=compiled_edp["train_ips"] / results["variants"]["edp"]["train_ips"],
+                                        sample=compiled_edp["sample_sps"] / results["variants"]["edp"]["sample_sps"])
     if device.type == "cpu":
         results["side_by_side"] = side_by_side(3.0 if args.quick else 20.0, args.threads)
     edp = results["variants"]["edp"]
     results["edp_vs"] = {name: dict(train=edp["train_ips"] / results["variants"][name]["train_ips"],
                                     sample=edp["sample_sps"] / results["variants"][name]["sample_sps"])
                          for name in ("dql_k5", "dql")}
+    if args.compile:  # both sides compiled
+        results["edp_vs"]["dql_k5_compiled"] = dict(
+            train=results["compiled"]["edp"]["train_ips"] / results["compiled"]["dql_k5"]["train_ips"],
+            sample=results["compiled"]["edp"]["sample_sps"] / results["compiled"]["dql_k5"]["sample_sps"])
     print(f"evaluation: {vectorized:.1f} env steps/s with the episodes stepped together, {sequential:.1f} one at a time")
     for name, ratio in results["edp_vs"].items():
         print(f"edp vs {name}: training {ratio['train']:.1f}x, sampling {ratio['sample']:.1f}x"
@@ -354,6 +386,10 @@ def main(args: Args) -> dict:
     print(f"limit: matmul {limit:.1f} GFLOP/s at the {len(shapes)} GEMM shapes of an EDP iteration ({peak:.1f} at"
           f" 256x256x256); one EDP iteration is {flops / 1e9:.3f} GFLOP, achieved {achieved:.1f} GFLOP/s ="
           f" {100 * achieved / limit:.0f}% of the limit")
+    if args.compile:
+        compiled_edp = results["compiled"]["edp"]
+        print(f"compiled edp: {compiled_edp['vs_eager']['train']:.2f}x eager in training, {compiled_edp['vs_eager']['sample']:.2f}x"
+              f" in sampling; {100 * results['roofline']['edp_compiled_fraction']:.0f}% of the limit")
     if "side_by_side" in results:
         pair = results["side_by_side"]
         print(f"side by side: {pair['alone_ips']:.1f} it/s alone, {' and '.join(f'{v:.1f}' for v in pair['together_ips'])}"

@@ -41,7 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-from diffusion import DiffusionPolicy, Mish, check_sampler_args, energy_based_action_selection, make_beta_schedule
+from diffusion import (DiffusionAgent, DiffusionPolicy, Mish, adam_step, check_sampler_args, make_beta_schedule, polyak,
+                       update_ema_policy)
 
 # ---8<--- end shared: imports ---
 
@@ -146,7 +147,7 @@ class Args:
     log_every: int = 1000
     """gradient steps between training-metric logs"""
     compile: bool = False
-    """torch.compile the networks of the update step"""
+    """torch.compile the whole update step and EAS acting, each one graph (about a minute to compile on a CPU; see README, Speed)"""
     torch_deterministic: bool = True
     """deterministic torch kernels: the same seed gives the same numbers on the same machine"""
     capture_video: bool = False
@@ -217,65 +218,6 @@ class TwinCritic(nn.Module):
 
     def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return torch.min(*self(state, action))
-
-
-@torch.no_grad()
-def polyak(target: nn.Module, source: nn.Module, tau: float):
-    """target <- (1 - tau) * target + tau * source, all parameters in one fused call."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-@torch.no_grad()
-def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: int, config):
-    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule)."""
-    if step < config.ema_start:
-        torch._foreach_copy_(list(ema_policy.parameters()), list(policy.parameters()))
-    elif step % config.ema_every == 0:
-        polyak(ema_policy, policy, config.ema_tau)
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, module: nn.Module, grad_clip: float):
-    """Back-propagate, clip the global gradient norm, step; returns the norm (a tensor, no host sync)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    optimizer.step()
-    return grad_norm
-
-class DiffusionAgent:
-    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state."""
-
-    checkpointed: tuple = ()  # names of the networks and optimisers a checkpoint holds
-
-    def compile(self):
-        for name in self.checkpointed:
-            if isinstance(getattr(self, name), nn.Module):
-                getattr(self, name).compile()
-
-    @property
-    def sample_kwargs(self) -> dict:
-        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
-        config = self.config
-        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
-                    skip=config.dpm_skip)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
-        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
-        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
-        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
-                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
-
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "step":
-                self.step = value
-            else:
-                getattr(self, name).load_state_dict(value)
 # ---8<--- end shared: networks ---
 
 
@@ -304,7 +246,7 @@ class EDPCRR(DiffusionAgent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.step = 0
+        self.step_count = torch.zeros((), dtype=torch.long, device=device)  # a tensor: no host sync per step
 
     def critic_loss(self, batch: dict) -> tuple:
         with torch.no_grad():
@@ -334,15 +276,15 @@ class EDPCRR(DiffusionAgent):
         return diffusion_loss + weighted_loss, diffusion_loss, weighted_loss, weight
 
     def update(self, batch: dict) -> dict:
-        self.step += 1
+        self.step_count += 1
         critic_loss, q = self.critic_loss(batch)
-        critic_grad = optimizer_step(critic_loss, self.critic_optimizer, self.critic, self.config.grad_clip)
+        critic_grad = adam_step(critic_loss, self.critic_optimizer, self.config.grad_clip)
 
         policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)
-        policy_grad = optimizer_step(policy_loss, self.policy_optimizer, self.policy, self.config.grad_clip)
+        policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)
 
         polyak(self.critic_target, self.critic, self.config.tau)
-        update_ema_policy(self.ema_policy, self.policy, self.step, self.config)
+        update_ema_policy(self.ema_policy, self.policy, self.step_count, self.config)
         return dict(critic_loss=critic_loss.detach(), policy_loss=policy_loss.detach(), diffusion_loss=diffusion_loss.detach(),
                     weighted_loss=weighted_loss.detach(), weight_mean=weight.mean(), q_mean=q.detach().mean(),
                     critic_grad_norm=critic_grad, policy_grad_norm=policy_grad)
@@ -952,7 +894,7 @@ def seed_everything(config: Args):
 
 
 def rng_state() -> dict:
-    """The generators training draws from (torch; Python's for TD3's critic head), in a form weights_only loads."""
+    """The generators a run draws from (torch's, CUDA's, Python's), in a form weights_only loads."""
     return dict(python=random.getstate(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 

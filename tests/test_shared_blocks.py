@@ -45,4 +45,4 @@ def test_the_reader_meets_the_algorithm_first(script):
              first(r"class EDP\w+\(DiffusionAgent\)"), first(r"# ---8<--- shared: data"),
              first(r"# ---8<--- shared: evaluation"), first(r"# ---8<--- shared: run")]
     assert order == sorted(order), order
-    assert order[3] <= 280, f"the algorithm class starts at line {order[3]}"
+    assert order[3] <= 250, f"the algorithm class starts at line {order[3]} (issue 12: within the first ~250)"
