@@ -520,7 +520,8 @@ def adam_step(loss: torch.Tensor, optimizer: torch.optim.Adam, grad_clip: float)
     The same arithmetic as loss.backward(), clip_grad_norm_ and optimizer.step(), written with autograd.grad and
     the functional Adam so that torch.compile traces it without a graph break (optimizer.step() forces one).
     """
-    init_adam_state(optimizer)
+    if not optimizer.state:  # the first step (torch.optim.Adam would make its state here)
+        init_adam_state(optimizer)
     (group,) = optimizer.param_groups
     params, states = group["params"], [optimizer.state[param] for param in group["params"]]
     grads = list(torch.autograd.grad(loss, params))

@@ -30,10 +30,11 @@ def make_batch(seed):
                 dones=(torch.rand(BATCH, 1, generator=generator) < 0.1).float())
 
 
-@pytest.mark.parametrize("script", ["edp_td3", "edp_crr", "edp_iql"])
-def test_a_compiled_update_computes_what_an_eager_one_does(script):
+@pytest.mark.parametrize("script, overrides", [("edp_td3", {}), ("edp_td3", dict(max_q_backup=True)),  # AntMaze's
+                                               ("edp_crr", {}), ("edp_iql", {})])
+def test_a_compiled_update_computes_what_an_eager_one_does(script, overrides):
     torch.manual_seed(0)
-    eager = make_agent(script)
+    eager = make_agent(script, **overrides)
     compiled = copy.deepcopy(eager)
     compiled.compile()
     for step in range(3):
