@@ -801,12 +801,15 @@ def check_config(config: Args):
         raise UsageError(str(error)) from None
 
 
+@contextlib.contextmanager
 def lock_run_dir(run_dir: str, resume: bool):
-    """Claim the run folder: returns run.lock, OS-locked (flock) until it is closed or the process ends."""
+    """Claim the run folder: run.lock, OS-locked (flock) for the run's length; a run refused before it wrote
+    anything (bad data, impossible flags) leaves no empty folder behind."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
     if resume and not os.path.isdir(run_dir):
         raise UsageError(f"--resume: no checkpoint at {os.path.join(run_dir, 'checkpoint_last.pt')}")
+    created = not os.path.isdir(run_dir)
     try:
         os.makedirs(run_dir, exist_ok=True)
         tempfile.TemporaryFile(dir=run_dir).close()  # writable: found out now, not at the first save
@@ -829,7 +832,13 @@ def lock_run_dir(run_dir: str, resume: bool):
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")  # the holder, named to a run that is refused
     lock.flush()
-    return lock
+    with lock:
+        try:
+            yield
+        finally:
+            if created and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
+                os.remove(lock.name)
+                os.rmdir(run_dir)
 
 
 def last_good_checkpoint(run_dir: str) -> str:

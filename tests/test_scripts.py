@@ -255,13 +255,17 @@ CASES = ["unknown task", "not on Minari", "not downloaded", "no such file", "unr
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_exit_code_2(case, datasets, tmp_path, capsys):
+def test_bad_input_is_one_line_and_exit_code_2(case, datasets, tmp_path, capsys, monkeypatch):
     if case == "no cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     flags, message = bad_input_cases(tmp_path, datasets)[case]
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where the default runs/<name> folder would go
     assert run_main("edp_td3", *flags) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("error:") and message in error, error
+    leftovers = [path for path in (tmp_path / "cwd").rglob("*") if path.name != "runs"]  # runs/ may stay, empty
+    assert not leftovers  # a refused run leaves no (empty) run folder behind
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(datasets, tmp_path):
@@ -304,9 +308,10 @@ def test_help_documents_every_flag(script):
     ("edp_crr", ["--beta", "0"], "--beta > 0"),
     ("edp_iql", ["--expectile", "1.2"], "0 < --expectile < 1"),
 ])
-def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets, capsys):
-    assert run_main(script, "--env", datasets["pendulum"], *TINY, *flags) == 2
+def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets, capsys, tmp_path):
+    assert run_main(script, "--env", datasets["pendulum"], "--run-dir", str(tmp_path / "run"), *TINY, *flags) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused after the folder was claimed: it is removed again
 
 
 def test_iql_antmaze_presets():
