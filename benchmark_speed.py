@@ -18,12 +18,12 @@ The ablations use K = 100, the authors' released default, since a K = 1000 DDPM 
 step is what EDP exists to avoid (Diffusion-QL itself uses K = 5..100). EDP's cost does not depend on K.
 
 Sampling: environment steps per second in a real Walker2d-v5 with EAS (10 candidates) for each
-variant's sampler; and evaluation throughput with 10 episodes stepped together (edp_td3.Evaluator)
+variant's sampler; and evaluation throughput with 10 episodes stepped together (evaluation.py's Evaluator)
 versus one episode at a time. The limit: this machine's matrix-multiply throughput at the network's
 shapes, the FLOPs of one EDP iteration (torch.utils.flop_counter), and the fraction reached. Side by
 side (CPU): the EDP update loop in one process alone, then in two processes at once, with the
 scripts' thread setting (--threads): the per-process throughput ratio (0.5 = fair sharing).
-With --compile, dql_k5, edp_no_ap and edp again as the scripts' --compile runs them (DiffusionAgent.compile: the
+With --compile, dql_k5, edp_no_ap and edp again as the scripts' --compile runs them (agents.Agent.compile: the
 whole update and EAS acting, each one graph), with their compile time and their own roofline fraction.
 """
 
@@ -44,6 +44,11 @@ import tyro
 from torch.utils.flop_counter import FlopCounterMode
 
 import edp_td3
+from agents import TwinCritic, mlp, polyak
+from config import resolve_config
+from evaluation import Evaluator
+from runs import CpuThreads
+from tasks import TASKS
 
 STATE_DIM, ACTION_DIM, BATCH = 17, 6, 256  # walker2d, paper Fig. 2 testbed
 VARIANTS = {  # name: (K, schedule, action approximation, sampler)
@@ -78,11 +83,11 @@ class TD3BCFeedForward:
     """TD3+BC (Fujimoto & Gu 2021) with edp_td3's critics: a comparator, not part of the project."""
 
     def __init__(self, config: edp_td3.Args, device: torch.device):
-        self.actor = edp_td3.mlp(STATE_DIM, ACTION_DIM).to(device)
-        self.actor_target = edp_td3.mlp(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
+        self.actor = mlp(STATE_DIM, ACTION_DIM).to(device)
+        self.actor_target = mlp(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
         self.actor_target.load_state_dict(self.actor.state_dict())
-        self.critic = edp_td3.TwinCritic(STATE_DIM, ACTION_DIM).to(device)
-        self.critic_target = edp_td3.TwinCritic(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
+        self.critic = TwinCritic(STATE_DIM, ACTION_DIM).to(device)
+        self.critic_target = TwinCritic(STATE_DIM, ACTION_DIM).to(device).requires_grad_(False)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
@@ -105,8 +110,8 @@ class TD3BCFeedForward:
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
-        edp_td3.polyak(self.critic_target, self.critic, self.config.tau)
-        edp_td3.polyak(self.actor_target, self.actor, self.config.tau)
+        polyak(self.critic_target, self.critic, self.config.tau)
+        polyak(self.actor_target, self.actor, self.config.tau)
         return dict(critic_loss=critic_loss.detach(), actor_loss=actor_loss.detach())
 
     @torch.no_grad()
@@ -120,7 +125,7 @@ def make_config(device: str, num_diffusion_steps: int = 1000, schedule: str = "l
     """edp_td3's configuration with its locomotion presets (Table 3)."""
     args = edp_td3.Args(env="walker2d-medium-expert", device=device, num_diffusion_steps=num_diffusion_steps,
                         schedule=schedule, action_approx=action_approx, sampler=sampler, eval_episodes=10)
-    return edp_td3.resolve_config(args, edp_td3.TASKS["walker2d-medium-expert"])
+    return resolve_config(args, TASKS["walker2d-medium-expert"], edp_td3.PAPER, edp_td3.RELEASED)
 
 
 def synthetic_batch(device: torch.device) -> dict:
@@ -183,7 +188,7 @@ def sample_sps(agent, device: torch.device, env_steps: int, repeats: int) -> flo
 
 
 def evaluation_sps(agent, device: torch.device, episodes: int) -> tuple:
-    """edp_td3.Evaluator: `episodes` episodes stepped together versus one episode at a time."""
+    """evaluation.py's Evaluator: `episodes` episodes stepped together versus one episode at a time."""
     identity_statistics = dict(observation_mean=np.zeros(STATE_DIM, np.float32), observation_std=np.ones(STATE_DIM, np.float32),
                                observation_clip=np.inf, action_low=-np.ones(ACTION_DIM, np.float32),
                                action_high=np.ones(ACTION_DIM, np.float32))
@@ -197,8 +202,8 @@ def evaluation_sps(agent, device: torch.device, episodes: int) -> tuple:
         return steps / (time.perf_counter() - start)
 
     raw_returns = lambda returns: returns  # noqa: E731  (only speed is measured, no score)
-    together = [edp_td3.Evaluator(make_env, episodes, 0, identity_statistics, "locomotion", raw_returns, device)]
-    one_by_one = [edp_td3.Evaluator(make_env, 1, i, identity_statistics, "locomotion", raw_returns, device)
+    together = [Evaluator(make_env, episodes, 0, identity_statistics, "locomotion", raw_returns, device)]
+    one_by_one = [Evaluator(make_env, 1, i, identity_statistics, "locomotion", raw_returns, device)
                   for i in range(episodes)]
     return steps_per_second(together), steps_per_second(one_by_one)
 
@@ -238,7 +243,7 @@ def gemm_gflops(shapes: dict, device: torch.device, repeats: int) -> float:
 
 def _update_loop(seconds: float, threads: int, ready, start, results) -> None:
     """One process of the side-by-side figure: edp_td3's update loop with the scripts' thread setting."""
-    threads = edp_td3.CpuThreads(threads)
+    threads = CpuThreads(threads)
     device = torch.device("cpu")
     agent = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, make_config("cpu"), device)
     batch = synthetic_batch(device)

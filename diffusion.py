@@ -6,8 +6,6 @@ Read top to bottom:
   3. DiffusionPolicy: diffusion loss (Eq. 5), action approximation (Eq. 9), the likelihood
      surrogates (Eq. 12, Eq. 13), DDPM ancestral sampling (Eq. 4) and DPM-Solver (Lu et al. 2022)
   4. energy-based action selection (Alg. 2)
-  5. DiffusionAgent, the base of every algorithm's agent: its optimiser step, target and EMA
-     updates, EAS acting, compiling update() into one graph, checkpoint state
 
 Indexing: the paper's step k in {1..K} is stored at index k - 1 of every schedule buffer, and the
 network is fed that index (0..K-1) as in the authors' code. DPM-Solver works in continuous time
@@ -23,7 +21,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.adam import adam as functional_adam  # a module-level name: torch.compile traces it
 
 SCHEDULES = ("linear", "vp", "cosine")
 SAMPLERS = ("dpm", "ddpm")
@@ -498,105 +495,3 @@ def energy_based_action_selection(
     else:
         index = torch.multinomial(F.softmax(q.float() / temperature, dim=1), 1).squeeze(1)
     return candidates[torch.arange(batch, device=state.device), index]
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. What every algorithm shares around its update(): optimiser step, target and EMA updates,
-#    EAS acting, compiling the update into one graph, checkpoint state
-# ----------------------------------------------------------------------------------------------
-def init_adam_state(optimizer: torch.optim.Adam) -> None:
-    """Adam's state as torch.optim.Adam creates it lazily, made up front (a compiled graph cannot create it)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if not optimizer.state[param]:
-                step_device = param.device if group["capturable"] else "cpu"  # where torch.optim.Adam keeps it
-                optimizer.state[param] = dict(step=torch.zeros((), device=step_device), exp_avg=torch.zeros_like(param),
-                                              exp_avg_sq=torch.zeros_like(param))
-
-
-def adam_step(loss: torch.Tensor, optimizer: torch.optim.Adam, grad_clip: float) -> torch.Tensor:
-    """Back-propagate, clip the global gradient norm, take one Adam step; returns the norm (a tensor, no host sync).
-
-    The same arithmetic as loss.backward(), clip_grad_norm_ and optimizer.step(), written with autograd.grad and
-    the functional Adam so that torch.compile traces it without a graph break (optimizer.step() forces one).
-    """
-    if not optimizer.state:  # the first step (torch.optim.Adam would make its state here)
-        init_adam_state(optimizer)
-    (group,) = optimizer.param_groups
-    params, states = group["params"], [optimizer.state[param] for param in group["params"]]
-    grads = list(torch.autograd.grad(loss, params))
-    grad_norm = nn.utils.get_total_norm(grads)
-    torch._foreach_mul_(grads, (grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))  # clip_grad_norm_'s rule
-    with torch.no_grad():
-        functional_adam(params, grads, [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states],
-                        [], [state["step"] for state in states], foreach=True, capturable=group["capturable"],
-                        amsgrad=False, beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
-                        weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
-    return grad_norm
-
-
-@torch.no_grad()
-def polyak(target: nn.Module, source: nn.Module, tau) -> None:
-    """target <- (1 - tau) * target + tau * source, all parameters in one fused call (tau: a float or a tensor)."""
-    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: torch.Tensor, config) -> None:
-    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule).
-
-    One lerp whose weight is a tensor (1: copy, ema_tau: average, 0: keep), so the step never reaches Python.
-    """
-    weight = torch.where(step < config.ema_start, 1.0, torch.where(step % config.ema_every == 0, config.ema_tau, 0.0))
-    polyak(ema_policy, policy, weight)
-
-
-class DiffusionAgent:
-    """What every algorithm shares around its update(): EAS acting, compiling, checkpoint state.
-
-    A subclass sets config, policy, ema_policy, critic (with q_min), step_count (a tensor that update() increments)
-    and `checkpointed`, the names of its networks and optimisers.
-    """
-
-    checkpointed: tuple = ()
-
-    @property
-    def step(self) -> int:
-        return int(self.step_count)
-
-    def compile(self) -> None:
-        """torch.compile update() into one graph (no graph breaks: sampler loop unrolled, optimiser steps included)
-        and act() likewise; random draws stay torch's eager ones, so a compiled update computes what an eager one does."""
-        torch._dynamo.config.trace_autograd_ops = True  # autograd.grad inside the graph
-        torch._dynamo.config.specialize_float = True  # the solver's host floats are constants (else a guard bug, torch 2.13)
-        for name in self.checkpointed:
-            if isinstance(getattr(self, name), torch.optim.Optimizer):
-                init_adam_state(getattr(self, name))
-        options = dict(fullgraph=True, options=dict(fallback_random=True))
-        self.update = torch.compile(self.update, dynamic=False, **options)  # one batch shape
-        self.act = torch.compile(self.act, **options)  # evaluation acts on fewer states as episodes end: one recompile
-
-    @property
-    def sample_kwargs(self) -> dict:
-        """How TD-target actions are sampled (DPM-Solver's method, order and grid, or DDPM)."""
-        config = self.config
-        return dict(sampler=config.sampler, steps=config.dpm_steps, order=config.dpm_order, method=config.dpm_method,
-                    skip=config.dpm_skip)
-
-    @torch.no_grad()
-    def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
-        # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
-        policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
-        return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
-                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
-
-    def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            if name == "step":
-                self.step_count.fill_(value)
-            else:
-                getattr(self, name).load_state_dict(value)

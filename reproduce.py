@@ -44,7 +44,7 @@ DOMAIN_TASKS = {
 }
 # The paper's Table 5 (RAT = "Average", OMS = "Best"; Table 2's EDP columns are the same RAT):
 # task -> algorithm -> (RAT, OMS). Published facts, kept here in one place.
-PAPER = {
+PUBLISHED_SCORES = {
     "halfcheetah-medium": dict(td3=(52.1, 52.8), crr=(49.2, 50.2), iql=(48.1, 48.7)),
     "hopper-medium": dict(td3=(81.9, 98.6), crr=(78.7, 95.0), iql=(63.1, 97.3)),
     "walker2d-medium": dict(td3=(86.9, 89.6), crr=(82.5, 85.8), iql=(85.4, 88.7)),
@@ -152,7 +152,7 @@ def check(args: Args):
     if not all(0 <= seed < 2**32 for seed in args.seeds):  # the scripts' (numpy's) seed range
         fail(f"--seeds must be in 0 .. 2**32 - 1, got {' '.join(map(str, args.seeds))}")
     if args.tasks:
-        from edp_td3 import UsageError, find_task  # the scripts' own rule of what a task is
+        from tasks import UsageError, find_task  # the scripts' own rule of what a task is
 
         for task in args.tasks:
             try:
@@ -307,7 +307,7 @@ def tables(results: dict, out_dir: str) -> tuple:
         for algo in algos:
             summaries = results.get((algo, task), [])
             rat, oms = [s["rat"] for s in summaries], [s["oms"] for s in summaries]
-            paper_rat, paper_oms = PAPER.get(task, {}).get(algo, (None, None))
+            paper_rat, paper_oms = PUBLISHED_SCORES.get(task, {}).get(algo, (None, None))
             row2 |= {f"{algo} RAT": mean_std(rat), f"{algo} paper": paper_rat,
                      f"{algo} diff": round(np.mean(rat) - paper_rat, 1) if rat and paper_rat is not None else None,
                      f"{algo} seeds": len(rat)}

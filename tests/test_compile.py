@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from diffusion import adam_step, update_ema_policy
+from agents import adam_step, update_ema_policy
+from test_scripts import agent_class, resolve
 
 STATE_DIM, ACTION_DIM, BATCH = 11, 3, 32
 
 
 def make_agent(script, **overrides):
-    module = importlib.import_module(script)
-    args = module.Args(env="hopper-medium", device="cpu", num_diffusion_steps=50, dpm_steps=3, **overrides)
-    return module.Agent(STATE_DIM, ACTION_DIM, module.resolve_config(args, module.TASKS["hopper-medium"]), torch.device("cpu"))
+    config = resolve(script, "hopper-medium", device="cpu", num_diffusion_steps=50, dpm_steps=3, **overrides)
+    return agent_class(script)(STATE_DIM, ACTION_DIM, config, torch.device("cpu"))
 
 
 def make_batch(seed):

@@ -12,15 +12,14 @@ import pytest
 import torch
 
 from make_demo_dataset import OneStepModesEnv
+from test_scripts import train
 
 FAST = ["--num-diffusion-steps", "100", "--dpm-steps", "5", "--eval-episodes", "50", "--wandb-mode", "disabled",
         "--log-every", "100"]
 
 
 def mode_frequencies(script, datasets, tmp_path, *flags):
-    module = __import__(script)
-    args = module.tyro.cli(module.Args, args=["--env", datasets["modes"], "--run-dir", str(tmp_path / "run"), *FAST, *flags])
-    agent = module.train(args)["agent"]
+    agent = train(script, ["--env", datasets["modes"], "--run-dir", str(tmp_path / "run"), *FAST, *flags])
     torch.manual_seed(0)
     actions = agent.act(torch.rand(2000, 2) * 2 - 1).cpu().numpy()
     return np.bincount(OneStepModesEnv.nearest_mode(actions), minlength=4) / len(actions)

@@ -6,7 +6,8 @@ import importlib
 import pytest
 import torch
 
-from test_scripts import SCRIPTS, TINY, run_main, summary
+from test_scripts import SCRIPTS, TINY, resolve, run_main, summary, train
+from tasks import TASKS
 
 import edp_td3
 
@@ -29,16 +30,13 @@ RELEASED_GRAD_CLIP = {
 }
 
 
-def resolve(script, task, **flags):
-    module = importlib.import_module(script)
-    return module.resolve_config(module.Args(env=task, **flags), module.TASKS[task])
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("task", sorted(edp_td3.TASKS))
+@pytest.mark.parametrize("task", sorted(TASKS))
 def test_each_preset_resolves_to_its_table_row(script, task):
     paper, released = resolve(script, task, preset="paper"), resolve(script, task, preset="released")
-    domain = edp_td3.TASKS[task].domain
+    domain = TASKS[task].domain
     for flag, paper_value, released_value in COMMON_ROWS:
         assert (getattr(paper, flag), getattr(released, flag)) == (paper_value, released_value), flag
     assert paper.grad_clip == 5.0 and released.grad_clip == RELEASED_GRAD_CLIP[task]
@@ -47,8 +45,8 @@ def test_each_preset_resolves_to_its_table_row(script, task):
     assert paper.eval_episodes == (100 if domain == "antmaze" else 10)
     assert paper.lr == released.lr == (3e-5 if domain == "adroit" else 3e-4)  # Table 3 in both
     if script == "edp_iql":  # App. A.3 says beta = 1; the authors' runs used 3 / 10 / 0.5 and --norm_reward
-        assert paper.temperature == 1.0
-        assert released.temperature == {"locomotion": 3.0, "antmaze": 10.0}.get(domain, 0.5)
+        assert paper.beta == 1.0
+        assert released.beta == {"locomotion": 3.0, "antmaze": 10.0}.get(domain, 0.5)
         assert released.reward_transform == ("returns" if domain == "locomotion" else paper.reward_transform)
     else:
         assert released.reward_transform == paper.reward_transform
@@ -60,8 +58,7 @@ def test_a_flag_given_wins_over_the_preset():
 
 
 def test_released_preset_off_the_paper_tasks_keeps_table_3_clip(datasets):
-    config = edp_td3.resolve_config(edp_td3.Args(env=datasets["pendulum"], preset="released"),
-                                    edp_td3.find_task(datasets["pendulum"], None))
+    config = resolve("edp_td3", datasets["pendulum"], preset="released")
     assert config.grad_clip == 5.0 and config.dpm_method == "singlestep"
 
 
@@ -87,12 +84,11 @@ def test_sampler_and_appendix_c4_flags_reach_sample(datasets, tmp_path, monkeypa
         return original(self, state, **kwargs)
 
     monkeypatch.setattr(DiffusionPolicy, "sample", spy)
-    args = edp_td3.tyro.cli(edp_td3.Args, args=[
+    agent = train("edp_td3", [
         "--env", datasets["pendulum"], "--run-dir", str(tmp_path / "run"), "--total-steps", "2", "--eval-every", "2",
         "--dpm-method", "singlestep", "--dpm-order", "2", "--dpm-skip", "time_quadratic", "--noise-scale", "0.5",
         "--policy-scale", "1.5", "--acting-policy", "online", "--eas-samples", "3", "--eval-episodes", "1",
         "--batch-size", "32", *TINY[:2], *TINY[-4:]])
-    agent = edp_td3.train(args)["agent"]
     expected = dict(sampler="dpm", steps=15, order=2, method="singlestep", skip="time_quadratic")
     training = [kwargs for _, kwargs in calls if "noise_scale" not in kwargs]
     assert training and all(kwargs == expected for kwargs in training)
@@ -114,7 +110,7 @@ def test_help_lists_the_preset_and_sampler_flags(script, capsys):
 
 # -- every preset-driven default is visible in --help ------------------------------------------------
 PRESET_DRIVEN = ["lr", "grad_clip", "eval_episodes", "normalize_obs", "action_clip", "dpm_method", "dpm_skip",
-                 "eas_samples", "acting_policy", "reward_transform", "eta", "max_q_backup", "expectile", "temperature"]
+                 "eas_samples", "acting_policy", "reward_transform", "eta", "max_q_backup", "expectile", "beta"]
 ONE_TASK_PER_DOMAIN = ["hopper-medium", "antmaze-umaze", "pen-human", "kitchen-mixed"]
 
 
@@ -123,10 +119,12 @@ def field_docstrings(script):
     import ast
     import inspect
 
-    module = importlib.import_module(script)
-    body = ast.parse(inspect.getsource(module.Args)).body[0].body
-    return {node.target.id: following.value.value for node, following in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)}
+    docs = {}
+    for cls in importlib.import_module(script).Args.__mro__[:-1]:  # the script's own flags and CommonArgs'
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        docs |= {node.target.id: following.value.value for node, following in zip(body, body[1:])
+                 if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)}
+    return docs
 
 
 def spelled(value):
@@ -140,7 +138,7 @@ def spelled(value):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_shows_every_preset_value_of_every_preset_driven_flag(script):
     docs = field_docstrings(script)
-    for flag in [f for f in PRESET_DRIVEN if f in docs]:
+    for flag in [f for f in PRESET_DRIVEN if f in importlib.import_module(script).PAPER]:
         values = {getattr(resolve(script, task, preset=preset), flag)
                   for task in ONE_TASK_PER_DOMAIN for preset in ("paper", "released")}
         if flag == "grad_clip":  # per task in the released preset: the README has the table, --help the range

@@ -25,6 +25,31 @@ def run_main(script, *flags):
     return importlib.import_module(script).main([*flags])
 
 
+def agent_class(script):
+    """The script's algorithm class: EDPTD3, EDPCRR or EDPIQL."""
+    module = importlib.import_module(script)
+    return getattr(module, "EDP" + script.split("_")[1].upper())
+
+
+def resolve(script, task, **flags):
+    """The script's Args with the flags given, filled from its presets for the task."""
+    from config import resolve_config
+    from tasks import find_task
+
+    module = importlib.import_module(script)
+    args = module.Args(env=task, **flags)
+    return resolve_config(args, find_task(task, args.dataset_path), module.PAPER, module.RELEASED)
+
+
+def train(script, argv):
+    """The script's training loop on a parsed and resolved command line; returns the trained agent."""
+    import tyro
+
+    module = importlib.import_module(script)
+    args = tyro.cli(module.Args, args=argv)
+    return module.train(resolve(script, args.env, **{key: value for key, value in vars(args).items() if key != "env"}))["agent"]
+
+
 def summary(run_dir):
     with open(os.path.join(run_dir, "summary.json")) as file:
         return json.load(file)
@@ -106,10 +131,10 @@ def test_d4rl_hdf5_file(script, datasets, tmp_path):
 
 
 def test_d4rl_hdf5_transitions_follow_qlearning_dataset(tmp_path):
-    import edp_td3
+    import tasks
 
     path = write_hopper_hdf5(tmp_path / "hopper.hdf5", lengths=(3, 4, 5))
-    data = edp_td3.load_hdf5(edp_td3.TASKS["hopper-medium"], "hopper-medium", str(path))
+    data = tasks.load_hdf5(tasks.TASKS["hopper-medium"], resolve("edp_td3", "hopper-medium", dataset_path=str(path)))
     # timeouts end episodes 2 and 3 without a next observation: those transitions are dropped
     assert len(data.observations) == 12 - 2
     with h5py.File(path) as file:
@@ -157,8 +182,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(datasets, tmp_path):
 
 def poison_losses_after(monkeypatch, script, step):
     """From gradient step `step` + 1 on, the training loop sees a NaN critic loss (the data stays finite)."""
-    module = importlib.import_module(script)
-    update = module.Agent.update
+    update = agent_class(script).update
 
     def poisoned(self, batch):
         metrics = update(self, batch)
@@ -166,7 +190,7 @@ def poison_losses_after(monkeypatch, script, step):
             metrics["critic_loss"] = metrics["critic_loss"] * float("nan")
         return metrics
 
-    monkeypatch.setattr(module.Agent, "update", poisoned)
+    monkeypatch.setattr(agent_class(script), "update", poisoned)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, tmp_path, capsys, monkeypatch):
@@ -290,7 +314,7 @@ def test_resume_refuses_another_tasks_checkpoint_and_new_runs_refuse_to_overwrit
 
 ALGORITHM_FLAGS = {"edp_td3": ["--no-action-approx", "--eta", "--max-q-backup"],
                    "edp_crr": ["--likelihood", "--learn-std", "--beta", "--advantage-samples"],
-                   "edp_iql": ["--likelihood", "--learn-std", "--expectile", "--temperature"]}
+                   "edp_iql": ["--likelihood", "--learn-std", "--expectile", "--beta"]}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -315,15 +339,11 @@ def test_impossible_algorithm_hyper_parameters(script, flags, message, datasets,
 
 
 def test_iql_antmaze_presets():
-    import edp_iql
-
-    config = edp_iql.resolve_config(edp_iql.Args(env="antmaze-medium-play"), edp_iql.TASKS["antmaze-medium-play"])
+    config = resolve("edp_iql", "antmaze-medium-play")
     assert (config.reward_transform, config.expectile, config.normalize_obs, config.eval_episodes) == (
         "antmaze-iql", 0.9, "per-dimension", 100)
     assert (config.total_steps, config.eval_every, config.lr) == (1_000_000, 10_000, 3e-4)
-    import edp_td3
-
-    config = edp_td3.resolve_config(edp_td3.Args(env="kitchen-mixed", eta=0.5), edp_td3.TASKS["kitchen-mixed"])
+    config = resolve("edp_td3", "kitchen-mixed", eta=0.5)
     assert (config.eta, config.reward_transform, config.normalize_obs) == (0.5, "minmax", "per-dimension")  # flags win
 
 
@@ -380,20 +400,20 @@ def test_a_copied_script_runs_under_its_own_name(datasets, tmp_path):
 
 def test_cpu_threads_drop_to_one_while_other_processes_are_busy(monkeypatch):
     """--threads 0: all threads while the run has the CPUs, one while others keep more than half a core busy."""
-    import edp_td3
+    import runs
 
     clock = itertools.count(0, 2)  # every tick is a check
     usage = iter([(0, 0.0, 0.0), (2, 3.0, 2.0), (4, 5.0, 4.0), (6, 9.0, 6.0)])  # others busy 0.5, 0, 1 core
-    monkeypatch.setattr(edp_td3.CpuThreads, "usage", staticmethod(lambda: next(usage)))
-    monkeypatch.setattr(edp_td3.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(runs.CpuThreads, "usage", staticmethod(lambda: next(usage)))
+    monkeypatch.setattr(runs.time, "monotonic", lambda: next(clock))
     torch.set_num_threads(2)
-    threads = edp_td3.CpuThreads(0, interval=1.0)
+    threads = runs.CpuThreads(0, interval=1.0)
     seen = []
     for _ in range(3):
         threads.tick()
         seen.append(torch.get_num_threads())
     assert seen == [2, 2, 1]  # others: 0.5 core (not more than half), none, one whole core
-    fixed = edp_td3.CpuThreads(2)
+    fixed = runs.CpuThreads(2)
     assert not fixed.adapt and torch.get_num_threads() == 2
 
 

@@ -1,0 +1,457 @@
+"""Runs: the run folder (locked while a run holds it), checkpoints that survive a crash and resume exactly,
+summary.json, wandb, torch's CPU threads, stops by signal, --eval-only, and main(): bad input as one line.
+
+A script's training loop holds a `Run`:
+
+    with Run(config, ALGORITHM) as run:  # folder, data, evaluator, wandb, signal handlers
+        agent = run.start(MyAgent(run.state_dim, run.action_dim, config, run.device))  # --resume restores it
+        for step in range(agent.step + 1, config.total_steps + 1):
+            run.log_training(step, agent.update(run.buffer.sample(config.batch_size)))
+            if run.evaluation_due(step):
+                run.evaluate(step)  # EAS episodes, RAT / OMS, checkpoints, summary.json
+            if run.stopping:
+                break  # leaving the block saves checkpoint_last.pt
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import pickle
+import random
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import tyro
+
+from config import flag, resolve_config
+from evaluation import EvaluationStopped, Evaluator, summarize
+from tasks import UsageError, find_task, one_line, prepare_data
+
+
+class Diverged(Exception):
+    """A NaN or inf loss: reported with its step, exit code 1; the last good checkpoint is kept."""
+
+
+class SaveFailed(Exception):
+    """A checkpoint or summary.json could not be written (full or read-only disk): exit code 1; the last good files stay."""
+
+
+# a resumed run keeps its saved configuration; only these flags may differ from it
+RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "wandb_entity",
+             "device", "compile", "threads", "capture_video", "torch_deterministic", "resume", "run_dir")
+# --eval-only keeps the saved configuration but for these flags, where given on its command line
+EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_scale", "policy_scale", "acting_policy",
+                    "sampler", "dpm_steps", "dpm_order", "dpm_method", "dpm_skip", "eval_env", "eval_max_steps", "seed",
+                    "device", "threads", "capture_video", "compile")
+RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
+CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
+
+
+# ==============================================================================================
+# The run folder and its files
+# ==============================================================================================
+@contextlib.contextmanager
+def lock_run_dir(run_dir: str, resume: bool):
+    """Claim the run folder: run.lock, OS-locked (flock) for the run's length; a run refused before it wrote
+    anything (bad data, impossible flags) leaves no empty folder behind."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UsageError(f"--run-dir {run_dir} is a file, not a folder")
+    if resume and not os.path.isdir(run_dir):
+        raise UsageError(f"--resume: no checkpoint at {os.path.join(run_dir, 'checkpoint_last.pt')}")
+    created = not os.path.isdir(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=run_dir).close()  # writable: found out now, not at the first save
+        lock = open(os.path.join(run_dir, "run.lock"), "a+")
+    except OSError as error:
+        raise UsageError(f"cannot write to the run folder {run_dir} ({error.strerror})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise UsageError(f"{run_dir} is in use by another run (process {holder}); wait for it to end or choose another"
+                         " --run-dir") from None
+    earlier = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    if earlier and not resume:
+        lock.close()
+        raise UsageError(f"{run_dir} already holds a run ({', '.join(earlier)}): pass --resume to continue it, or choose"
+                         " another --run-dir")
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")  # the holder, named to a run that is refused
+    lock.flush()
+    with lock:
+        try:
+            yield
+        finally:
+            if created and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
+                os.remove(lock.name)
+                os.rmdir(run_dir)
+
+
+def last_good_checkpoint(run_dir: str) -> str:
+    path = os.path.join(run_dir, "checkpoint_last.pt")
+    return f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was saved"
+
+
+def atomic_write(path: str, content):
+    """torch.save (or JSON for a .json path) to a temporary file, then rename: a reader never sees half a file, and a
+    failed write leaves none."""
+    temporary = f"{path}.tmp"
+    try:
+        if path.endswith(".json"):
+            with open(temporary, "w") as file:
+                json.dump(content, file, indent=1, allow_nan=False)
+        else:
+            torch.save(content, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:  # a full or read-only disk; torch.save reports it as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good_checkpoint(os.path.dirname(path))}") from None
+
+
+def read_checkpoint(path: str, purpose: str, algorithm: str) -> dict:
+    """A checkpoint of this script, if it is data only (tensors, numbers, strings, lists, dicts)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{purpose}: no checkpoint at {path}")
+    try:  # weights_only: unpickling anything more than data could run code the file names
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(f"{purpose}: refused {path}: it holds objects other than tensors, numbers, strings, lists and"
+                         " dicts, and loading them could run code") from None
+    except Exception as error:
+        raise UsageError(f"{purpose}: {path} is not a usable checkpoint ({one_line(error)})") from None
+    if not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)
+            and isinstance(checkpoint["config"], dict)):
+        raise UsageError(f"{purpose}: {path} is not a checkpoint of these scripts")
+    if checkpoint["algo"] != algorithm:
+        raise UsageError(f"{purpose}: {path} belongs to {checkpoint['algo']}, not {algorithm}")
+    return checkpoint
+
+
+def check_resume(config, checkpoint: dict, path: str, algorithm: str):
+    """A resume continues the saved configuration on the same data, or is refused naming what differs."""
+    if checkpoint["env"] != config.env:
+        raise UsageError(f"--resume: {path} belongs to {checkpoint['algo']} on {checkpoint['env']},"
+                         f" not {algorithm} on {config.env}")
+    saved = checkpoint["config"]
+    changed = [f"{flag(key)}: saved {saved.get(key)}, given {value}"
+               for key, value in dataclasses.asdict(config).items() if key not in RESUMABLE and saved.get(key) != value]
+    if changed:
+        raise UsageError(f"--resume continues the saved configuration, and these flags differ from it: {'; '.join(changed)}"
+                         f" (only {', '.join(map(flag, RESUMABLE))} may change)")
+
+
+def check_same_data(card: dict, checkpoint: dict, path: str):
+    saved = checkpoint.get("task", {}).get("dataset", {})
+    for key in ("id", "fingerprint"):
+        if saved.get(key) != card["dataset"][key]:
+            raise UsageError(f"--resume: the data differ from those {path} was trained on (dataset {key}: saved"
+                             f" {saved.get(key)}, now {card['dataset'][key]}); start a new run")
+
+
+# ==============================================================================================
+# Random state and threads
+# ==============================================================================================
+def seed_everything(config):
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.torch_deterministic:  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(config.torch_deterministic)
+    torch.backends.cudnn.benchmark = not config.torch_deterministic
+
+
+def rng_state() -> dict:
+    """The generators a run draws from (torch's, CUDA's, Python's), in a form weights_only loads."""
+    return dict(python=random.getstate(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def restore(agent, checkpoint: Optional[dict], config):
+    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile."""
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        random.setstate(checkpoint["rng"]["python"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if checkpoint["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    if config.compile:
+        agent.compile()
+    return agent
+
+
+class CpuThreads:
+    """torch's intra-op threads: all of them while this process has the CPUs, one while other processes are busy too.
+
+    Two teams of OpenMP threads on the same cores spin at every parallel op, each waiting for a thread the other
+    team holds: two EDP runs side by side on 2 cores each kept 23% of their solo speed with 2 threads, and 89% with
+    one, which alone is 29% slower (benchmark_speed.py, side by side). So: measure, every few seconds, how many
+    cores other processes keep busy (/proc/stat less this process's own CPU time) and choose.
+    """
+
+    def __init__(self, threads: int, interval: float = 2.0):
+        self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS (reproduce.py)
+        torch.set_num_threads(self.most)
+        self.adapt = threads == 0 and self.most > 1 and os.path.exists("/proc/stat")
+        self.interval, self.next_check = interval, time.monotonic() + interval
+        self.last = self.usage() if self.adapt else None
+
+    @staticmethod
+    def usage() -> tuple:
+        """(wall seconds, CPU seconds of the whole machine, of this process)"""
+        with open("/proc/stat") as file:  # cpu user nice system idle iowait irq softirq ...
+            ticks = [int(value) for value in file.readline().split()[1:8]]
+        busy = sum(ticks) - ticks[3] - ticks[4]
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+    def tick(self):
+        """Called every training step; costs one clock read except every `interval` seconds."""
+        if not self.adapt or time.monotonic() < self.next_check:
+            return
+        now = self.usage()
+        wall, machine, own = (new - old for new, old in zip(now, self.last))
+        self.last, self.next_check = now, now[0] + self.interval
+        torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
+
+
+def print_task_card(card: dict):
+    print("task:\n" + "\n".join(f"  {key}: {value}" for key, value in card.items()), flush=True)
+
+
+# ==============================================================================================
+# A training run
+# ==============================================================================================
+class Run:
+    """Everything around a script's training loop (see the module's docstring): the locked run folder, the data on
+    the device, the evaluator, wandb, metric logging with a NaN watch, evaluation with checkpoints and
+    summary.json, and SIGINT / SIGTERM, which end the loop after the current step (or evaluation step) with a
+    checkpoint saved."""
+
+    def __init__(self, config, algorithm: str):
+        self.config, self.algorithm, self.task = config, algorithm, find_task(config.env, config.dataset_path)
+        self.run_dir = config.run_dir or os.path.join(
+            "runs", f"{config.env.replace('/', '-')}__{algorithm}__{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}")
+        self.stop_signal, self.agent, self.finished = [], None, False
+
+    def __enter__(self) -> Run:
+        self.exits = contextlib.ExitStack()
+        self.exits.enter_context(lock_run_dir(self.run_dir, self.config.resume))
+        try:
+            self.set_up()
+        except BaseException:
+            self.exits.close()
+            raise
+        return self
+
+    def set_up(self):
+        config = self.config = dataclasses.replace(self.config, run_dir=self.run_dir)
+        checkpoint_path = os.path.join(self.run_dir, "checkpoint_last.pt")
+        self.checkpoint = read_checkpoint(checkpoint_path, "--resume", self.algorithm) if config.resume else None
+        if self.checkpoint is not None:
+            check_resume(config, self.checkpoint, checkpoint_path, self.algorithm)
+        self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
+        print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
+        seed_everything(config)
+        self.buffer, data, self.statistics = prepare_data(config, self.task)
+        self.card = data.card | {"preset": config.preset}
+        if self.checkpoint is not None:
+            check_same_data(self.card, self.checkpoint, checkpoint_path)
+            self.statistics = {key: value.numpy() for key, value in self.checkpoint["statistics"].items()}
+        print_task_card(self.card)
+        self.state_dim, self.action_dim = self.buffer.tensors["observations"].shape[1], self.buffer.tensors["actions"].shape[1]
+        self.device = torch.device(config.device)
+        self.evaluator = make_evaluator(config, data, self.statistics, self.task, os.path.join(self.run_dir, "videos"))
+        self.exits.callback(self.evaluator.close)
+        self.evaluations = self.checkpoint["evaluations"] if self.checkpoint else []
+        self.wandb_id = self.checkpoint["wandb_id"] if self.checkpoint else secrets.token_hex(4)
+        import wandb
+
+        try:
+            self.wandb = wandb.init(project=config.wandb_project, entity=config.wandb_entity, mode=config.wandb_mode,
+                                    dir=self.run_dir, id=self.wandb_id, resume="allow", name=os.path.basename(self.run_dir),
+                                    group=config.wandb_group, config=self.config_dict | {"task": self.card}, save_code=True)
+        except wandb.errors.Error as error:  # e.g. --wandb-mode online without an API key
+            raise UsageError(f"wandb could not start ({one_line(error)}); --wandb-mode offline needs no account") from None
+        self.exits.callback(lambda: self.wandb.finish(exit_code=0 if self.finished else 1))  # wandb hears a crash
+        previous = {signum: signal.signal(signum, lambda signum, frame: self.stop_signal.append(signum))
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
+        # once stopping, a further signal must not cut the exit short (main() restores the caller's handlers)
+        self.exits.callback(lambda: [signal.signal(signum, signal.SIG_IGN if self.stop_signal else handler)
+                                     for signum, handler in previous.items()])
+        self.metric_sums, self.metric_count = {}, 0
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)  # step of a NaN/inf loss
+        self.threads = CpuThreads(config.threads)
+
+    def start(self, agent):
+        """The agent this run trains: restored from the checkpoint with --resume, compiled with --compile."""
+        from tqdm import tqdm
+
+        self.agent = restore(agent, self.checkpoint, self.config)
+        self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
+                             mininterval=1.0)
+        self.exits.callback(self.progress.close)
+        return agent
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stop_signal)
+
+    def evaluation_due(self, step: int) -> bool:
+        return step % self.config.eval_every == 0 or step == self.config.total_steps
+
+    def check_finite(self):  # one host sync per log interval, not per step
+        if self.first_nonfinite.item() >= 0:
+            raise Diverged(f"a loss became NaN or inf at step {self.first_nonfinite.item()};"
+                           f" {last_good_checkpoint(self.run_dir)}")
+
+    def log_training(self, step: int, metrics: dict):
+        """Sums the update's metrics on the device; every --log-every steps (and before an evaluation) checks that
+        no loss became NaN or inf and logs their means."""
+        self.threads.tick()
+        total_loss = sum(value for key, value in metrics.items() if key.endswith("loss"))
+        self.first_nonfinite = torch.where((self.first_nonfinite < 0) & ~torch.isfinite(total_loss), step,
+                                           self.first_nonfinite)
+        self.metric_sums = {key: self.metric_sums.get(key, 0.0) + value for key, value in metrics.items()}
+        self.metric_count += 1
+        self.progress.update(1)
+        if step % self.config.log_every == 0 or self.evaluation_due(step):
+            self.check_finite()
+            self.wandb.log({f"train/{key}": (value / self.metric_count).item() for key, value in self.metric_sums.items()},
+                           step=step)
+            self.metric_sums, self.metric_count = {}, 0
+
+    def evaluate(self, step: int):
+        """Energy-based action selection in the evaluation env; then checkpoint_last.pt (and checkpoint_best.pt at
+        a new best) and summary.json. A stop during the evaluation abandons it."""
+        import wandb
+
+        try:
+            result = self.evaluator(self.agent.act, name=f"step{step}", stop=lambda: self.stopping)
+        except EvaluationStopped:
+            return
+        self.evaluations.append(dict(step=step, **result))
+        rat, oms = summarize(self.evaluations)
+        video = {"eval/video": wandb.Video(result.pop("video"))} if "video" in result else {}
+        self.wandb.log({f"eval/{key}": value for key, value in result.items()} | {"eval/rat": rat, "eval/oms": oms} | video,
+                       step=step)
+        self.progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return"
+                            f" {result['return']:.1f}, RAT {rat:.1f}, OMS {oms:.1f}")
+        self.save("checkpoint_last.pt")  # the checkpoints first, then the summary of them
+        if result["normalized_score"] >= oms:
+            self.save("checkpoint_best.pt")
+        atomic_write(os.path.join(self.run_dir, "summary.json"), dict(
+            env=self.config.env, algo=self.algorithm, seed=self.config.seed, config=self.config_dict, task=self.card,
+            evaluations=self.evaluations, rat=rat, oms=oms, final_step=step))
+
+    def save(self, name: str):
+        atomic_write(os.path.join(self.run_dir, name), dict(
+            algo=self.algorithm, env=self.config.env, config=self.config_dict, task=self.card, agent=self.agent.state_dict(),
+            evaluations=self.evaluations, statistics={key: torch.as_tensor(value) for key, value in self.statistics.items()},
+            wandb_id=self.wandb_id, rng=rng_state()))
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        try:
+            if error_type is None and self.stopping:  # saved while the handlers still catch signals
+                self.check_finite()
+                self.save("checkpoint_last.pt")
+            self.finished = error_type is None
+        finally:  # on every exit: progress bar, environments, wandb closed, signal handlers back, folder unlocked
+            self.exits.close()
+        step = self.agent.step if self.agent is not None else 0
+        if self.stopping:
+            print(f"stopped by signal {self.stop_signal[0]} at step {step}; checkpoint saved, continue with"
+                  f" --resume --run-dir {self.run_dir}", file=sys.stderr, flush=True)
+        self.result = dict(run_dir=self.run_dir, step=step, evaluations=self.evaluations,
+                           stopped=self.stopping, agent=self.agent)
+
+
+def make_evaluator(config, data, statistics: dict, task, video_folder: str) -> Evaluator:
+    return Evaluator(data.make_env, config.eval_episodes, config.seed + 10_000, statistics, task.domain, data.score,
+                     config.device, video_folder if config.capture_video else None)
+
+
+# ==============================================================================================
+# --eval-only and main()
+# ==============================================================================================
+def given_flags(argv: list) -> set:
+    """The Args fields named on a command line (--flag, --flag=value, --no-flag)."""
+    names = {token[2:].split("=", 1)[0] for token in argv if token.startswith("--")}
+    return {name.removeprefix("no-").replace("-", "_") for name in names}
+
+
+def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, algorithm: str) -> dict:
+    """--eval-only: a checkpoint evaluated with its run's configuration, the evaluation flags given on the command
+    line overriding it; prints the scores and writes eval_<checkpoint>.json beside it."""
+    if args.checkpoint is None and args.run_dir is None:
+        raise UsageError("--eval-only needs --run-dir (its checkpoint_last.pt) or --checkpoint PATH")
+    path = args.checkpoint or os.path.join(args.run_dir, "checkpoint_last.pt")
+    checkpoint = read_checkpoint(path, "--eval-only", algorithm)
+    fields = {field.name for field in dataclasses.fields(type(args))}
+    overrides = {key: getattr(args, key) for key in EVALUATION_FLAGS if key in given}
+    saved = type(args)(**{key: value for key, value in checkpoint["config"].items() if key in fields})
+    task = find_task(saved.env, saved.dataset_path)
+    config = resolve_config(dataclasses.replace(saved, **overrides, eval_only=True, resume=False), task, paper, released)
+    seed_everything(config)
+    buffer, data, _ = prepare_data(config, task)
+    statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
+    agent = agent_class(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config,
+                        torch.device(config.device))
+    restore(agent, checkpoint, config)
+    folder = os.path.dirname(os.path.abspath(path))
+    evaluator = make_evaluator(config, data, statistics, task, os.path.join(folder, "videos"))
+    try:
+        result = evaluator(agent.act, name=f"eval-only-step{agent.step}")
+    finally:
+        evaluator.close()
+    print(f"{path} ({config.env}, step {agent.step}): normalized score {result['normalized_score']:.1f}, return"
+          f" {result['return']:.1f} over {config.eval_episodes} episodes", flush=True)
+    card = data.card | {"preset": config.preset}
+    report = dict(checkpoint=path, algo=algorithm, env=config.env, step=agent.step, overrides=overrides, result=result,
+                  config=dataclasses.asdict(config), task=card)
+    atomic_write(os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(path))[0]}.json"), report)
+    return dict(run_dir=folder, step=agent.step, evaluations=[result], stopped=False, agent=agent)
+
+
+def main(args_class, paper: dict, released: dict, agent_class, train: Callable, algorithm: str, description: str,
+         argv: Optional[list] = None) -> int:
+    """Parse the command line, fill the presets, train (or --eval-only); bad input is one line and exit code 2, a
+    run that diverged or could not save exit code 1, a run stopped by a signal 130."""
+    in_process, argv = argv is not None, sys.argv[1:] if argv is None else list(argv)
+    args = tyro.cli(args_class, args=argv, description=description.split("\n\n")[0])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if args.capture_video:  # headless rendering unless the user chose otherwise: MuJoCo by EGL, pygame without a display
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        if args.eval_only:
+            result = evaluate_only(args, given_flags(argv), paper, released, agent_class, algorithm)
+        else:
+            result = train(resolve_config(args, find_task(args.env, args.dataset_path), paper, released))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (Diverged, SaveFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers were in place: nothing was saved yet
+        print("stopped during start-up; no checkpoint was written", file=sys.stderr)
+        return 130
+    finally:  # in-process callers get their handlers back; from the command line, a run stopped by a signal
+        if in_process:  # ignores further ones until the process has exited (shutdown takes a moment)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    return 130 if result["stopped"] else 0
