@@ -30,6 +30,10 @@ class TwinCritic(nn.Module):
         super().__init__()
         self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
 
+    def parameter_groups(self) -> list:
+        """Q1 and Q2 as two optimiser groups: adam_step clips each critic's gradient on its own."""
+        return [dict(params=list(self.q1.parameters())), dict(params=list(self.q2.parameters()))]
+
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> tuple:
         state_action = torch.cat([state, action], dim=-1)
         return self.q1(state_action), self.q2(state_action)
@@ -64,31 +68,33 @@ def init_adam_state(optimizer: torch.optim.Adam) -> None:
 
 
 def adam_step(loss: torch.Tensor, optimizer: torch.optim.Adam, grad_clip: float) -> torch.Tensor:
-    """Back-propagate, clip the global gradient norm, take one Adam (or AdamW) step; returns the norm (a tensor).
+    """Back-propagate, clip each parameter group's gradient norm, take one Adam (or AdamW) step; returns the
+    largest group's norm before clipping (a tensor, no host sync).
 
-    The same arithmetic as loss.backward(), clip_grad_norm_ and optimizer.step(), written with autograd.grad and
-    the functional Adam so that torch.compile traces it without a graph break (optimizer.step() forces one).
-    Every parameter group takes its own lr, betas and weight decay; the clip is over all of them, as
-    clip_grad_norm_(all parameters).
+    The same arithmetic as loss.backward(), clip_grad_norm_(group) for each group and optimizer.step(), written
+    with autograd.grad and the functional Adam so that torch.compile traces it without a graph break
+    (optimizer.step() forces one). One group per network clips each network on its own, as the authors' code
+    does (sail-sg/edp dql.py:125-172: one clip_by_global_norm per network, Q1 and Q2 apart); every group takes its
+    own lr, betas and weight decay.
     """
     if not optimizer.state:  # the first step (torch.optim.Adam would make its state here)
         init_adam_state(optimizer)
     params = [param for group in optimizer.param_groups for param in group["params"]]
     grads = list(torch.autograd.grad(loss, params))
-    grad_norm = nn.utils.get_total_norm(grads)
-    torch._foreach_mul_(grads, (grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))  # clip_grad_norm_'s rule
-    start = 0
+    norms, start = [], 0
     with torch.no_grad():
         for group in optimizer.param_groups:
             group_params, group_grads = group["params"], grads[start:start + len(group["params"])]
             start += len(group_params)
+            norms.append(nn.utils.get_total_norm(group_grads))
+            torch._foreach_mul_(group_grads, (grad_clip / (norms[-1] + 1e-6)).clamp(max=1.0))  # clip_grad_norm_'s rule
             states = [optimizer.state[param] for param in group_params]
             functional_adam(group_params, group_grads, [state["exp_avg"] for state in states],
                             [state["exp_avg_sq"] for state in states], [], [state["step"] for state in states],
                             foreach=True, capturable=group["capturable"], amsgrad=False, beta1=group["betas"][0],
                             beta2=group["betas"][1], lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                             maximize=False, decoupled_weight_decay=group.get("decoupled_weight_decay", False))
-    return grad_norm
+    return torch.stack(norms).max()
 
 
 @torch.no_grad()
@@ -98,11 +104,13 @@ def polyak(target: nn.Module, source: nn.Module, tau) -> None:
 
 
 def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: torch.Tensor, config) -> None:
-    """A copy of the policy until ema_start, then an EMA every ema_every steps (Diffusion-QL's schedule).
+    """Up to step ema_start the EMA policy is a copy of the policy (--ema-warmup copy) or keeps its initial weights
+    (initial: the authors, sail-sg/edp dql.py:675-678); after it, an EMA every ema_every steps (Diffusion-QL's).
 
     One lerp whose weight is a tensor (1: copy, ema_tau: average, 0: keep), so the step never reaches Python.
     """
-    weight = torch.where(step < config.ema_start, 1.0, torch.where(step % config.ema_every == 0, config.ema_tau, 0.0))
+    warmup = 1.0 if config.ema_warmup == "copy" else 0.0
+    weight = torch.where(step <= config.ema_start, warmup, torch.where(step % config.ema_every == 0, config.ema_tau, 0.0))
     polyak(ema_policy, policy, weight)
 
 

@@ -47,7 +47,9 @@ class CommonArgs:
     lr: Optional[float] = None
     """Adam learning rate of policy and critics (default: 3e-4; 3e-5 on adroit; Table 3)"""
     grad_clip: Optional[float] = None
-    """global gradient-norm clip (default: 5, Table 3; released: per task, 1 to 10, README)"""
+    """gradient-norm clip of each network, Q1 and Q2 apart (default: 5, Table 3; released: per task, 1 to 10, README)"""
+    eta: Optional[float] = None
+    """loss weight of the policy-improvement term: L_diff + eta * L_pi (default: 1.0; 0.1 on adroit; 0.005 on kitchen; Table 3; released: 1.0)"""
     gamma: float = 0.99
     """discount"""
     tau: float = 0.005
@@ -57,7 +59,9 @@ class CommonArgs:
     ema_every: int = 5
     """update the EMA policy every this many steps ..."""
     ema_start: int = 1000
-    """... after this step (before it, the EMA policy is a copy of the policy)"""
+    """... after this step"""
+    ema_warmup: Optional[Literal["copy", "initial"]] = None
+    """the EMA policy up to --ema-start: a copy of the policy or its initial weights (default: copy; released: initial)"""
     num_diffusion_steps: int = 1000
     """K, diffusion steps of the policy"""
     schedule: Literal["linear", "vp", "cosine"] = "linear"
@@ -131,6 +135,8 @@ PAPER = {  # the paper's Table 3 and text; "ours" where the paper is silent
     "eval_every": 10_000,  # ours: every 10 epochs
     "lr": {"locomotion": 3e-4, "antmaze": 3e-4, "adroit": 3e-5, "kitchen": 3e-4},  # Table 3
     "grad_clip": 5.0,  # Table 3
+    "eta": {"locomotion": 1.0, "antmaze": 1.0, "adroit": 0.1, "kitchen": 0.005},  # Table 3's loss weight, every algorithm
+    "ema_warmup": "copy",  # ours: TD targets from the policy being trained, not from random initial weights
     "normalize_obs": {"locomotion": "off", "antmaze": "per-dimension", "adroit": "per-dimension", "kitchen": "per-dimension"},  # ours
     "eval_episodes": {"locomotion": 10, "antmaze": 100, "adroit": 10, "kitchen": 10},  # ours on AntMaze (a success rate)
     "eas_samples": 10,  # Sec. 5, Fig. 4
@@ -139,20 +145,24 @@ PAPER = {  # the paper's Table 3 and text; "ours" where the paper is silent
     "action_clip": 1.0,  # ours: the dataset's actions as they are
     "acting_policy": "ema",  # ours: the policy that gives the TD-target actions
 }
-RELEASED = PAPER | {  # sail-sg/edp, where it differs from the paper
+RELEASED = PAPER | {  # sail-sg/edp at b019648 (diffusion/dql.py, diffusion/trainer.py), where it differs from the paper
+    "total_steps": 2_000_000,  # trainer.py:81-82, 2000 epochs of 1000 steps on every domain
+    "lr": 3e-4,  # dql.py:61 (hps.py's 3e-5 for pen is never read: the trainer takes only `gn` from it)
+    "eta": 1.0,  # dql.py:63 guide_coef, the weight of the policy-improvement term of TD3, CRR and IQL alike
+    "ema_warmup": "initial",  # dql.py:173-180, 675-678: the target policy keeps its initial weights to step 1000
     "grad_clip": {  # diffusion/hps.py `gn`, read by trainer.py:222
         "halfcheetah-medium": 9.0, "halfcheetah-medium-replay": 2.0, "halfcheetah-medium-expert": 7.0, "hopper-medium": 9.0,
         "hopper-medium-replay": 4.0, "hopper-medium-expert": 5.0, "walker2d-medium": 1.0, "walker2d-medium-replay": 4.0,
         "walker2d-medium-expert": 5.0, "antmaze-umaze": 2.0, "antmaze-umaze-diverse": 3.0, "antmaze-medium-play": 2.0,
         "antmaze-medium-diverse": 1.0, "antmaze-large-play": 10.0, "antmaze-large-diverse": 7.0, "pen-human": 7.0,
         "pen-cloned": 8.0, "kitchen-complete": 9.0, "kitchen-partial": 10.0, "kitchen-mixed": 10.0},
-    "normalize_obs": "off",  # obs_norm=False
-    "eval_episodes": 10,  # eval_n_trajs
-    "eas_samples": 50,  # trainer.py num_samples
-    "dpm_method": "singlestep",  # dpm_solver.py
-    "dpm_skip": "time_uniform",
-    "action_clip": 0.999,  # clip_action
-    "acting_policy": "online",  # train_params act
+    "normalize_obs": "off",  # trainer.py:89 obs_norm=False
+    "eval_episodes": 10,  # trainer.py:84 eval_n_trajs
+    "eas_samples": 50,  # trainer.py:106 num_samples
+    "dpm_method": "singlestep",  # dpm_solver.py:1196-1209 sample() defaults, called by nets.py:183-189
+    "dpm_skip": "time_uniform",  # dpm_solver.py sample() default
+    "action_clip": 0.999,  # trainer.py:73, 434-436 clip_action
+    "acting_policy": "online",  # trainer.py:271 acts with train_params
 }
 
 
@@ -181,18 +191,24 @@ def resolve_config(args, task: Task, paper: dict, released: dict):
 
 def check_config(config):
     """One line for every flag value that would end in a traceback, or in a run that means nothing."""
+    nonfinite = [f"{flag(field.name)} {getattr(config, field.name)}" for field in dataclasses.fields(config)
+                 if isinstance(getattr(config, field.name), float) and not math.isfinite(getattr(config, field.name))]
     too_small = [flag(name) for name in ("total_steps", "batch_size", "eval_every", "eval_episodes", "eas_samples",
                                          "dpm_steps", "num_diffusion_steps", "log_every", "ema_every")
                  if getattr(config, name) < 1]
+    too_large = [f"{flag(name)} (at most {limit:,})" for name, limit in SIZE_LIMITS.items() if getattr(config, name) > limit]
     cuda = re.fullmatch(r"cuda(:(\d+))?", config.device)
     for wrong, message in [
+        (nonfinite, f"{', '.join(nonfinite)}: every number must be finite"),
         (too_small, f"{', '.join(too_small)} must be at least 1"),
+        (too_large, f"{', '.join(too_large)} would not fit in memory; give a smaller value"),
         (config.threads < 0, "--threads must be 0 (adapt to the machine's load) or a number of threads"),
         (config.eval_max_steps is not None and config.eval_max_steps < 0,
          "--eval-max-steps must be 0 (the env's own limit) or a number of steps"),
         (not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1
-              and 0 < config.ema_tau <= 1 and config.eas_temperature > 0),
-         "need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1, --eas-temperature > 0"),
+              and 0 < config.ema_tau <= 1 and config.eas_temperature > 0 and config.eta >= 0),
+         "need --lr > 0, --grad-clip > 0, 0 <= --gamma < 1, 0 < --tau <= 1, 0 < --ema-tau <= 1, --eas-temperature > 0,"
+         " --eta >= 0"),
         (not (0 < config.action_clip <= 1 and config.noise_scale >= 0 and config.policy_scale > 0),
          "need 0 < --action-clip <= 1, --noise-scale >= 0, --policy-scale > 0"),
         (not (cuda or config.device == "cpu"), f"--device {config.device}: use cpu, cuda, cuda:N or auto"),
@@ -215,9 +231,7 @@ def check_config(config):
         raise UsageError(str(error)) from None
 
 
-def check_positive(config, *names: str):
-    """A script's own flags that must be finite and > 0, said in one line."""
-    wrong = [flag(name) for name in names if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0)]
-    if wrong:
-        raise UsageError(f"{', '.join(wrong)} must be a finite number > 0")
+SIZE_LIMITS = {  # far beyond any run of the paper (256, 1000, 50, 100, 15), and refused before anything is allocated
+    "batch_size": 1_000_000, "num_diffusion_steps": 100_000, "eas_samples": 10_000, "eval_episodes": 10_000,
+    "dpm_steps": 1000}
 

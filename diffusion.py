@@ -319,8 +319,8 @@ class DiffusionPolicy(nn.Module):
 
         t_end = 1.0 / self.num_steps  # DPM-Solver's default for discrete models (1e-3 at K = 1000)
         if method == "singlestep":
-            for (s, t), step_order in zip(*_singlestep_plan(schedule, skip, steps, order, t_end)):
-                x = _singlestep_update(schedule, model, x, s, t, step_order)
+            for (s, t), step_order, ratios in zip(*_singlestep_plan(schedule, skip, steps, order, t_end)):
+                x = _singlestep_update(schedule, model, x, s, t, step_order, *ratios)
             return x
         # multistep: the first order - 1 steps warm up with lower orders
         times = _time_grid(schedule, skip, steps, t_end)
@@ -373,18 +373,21 @@ class DiscreteVPSchedule:
         return (lo + 1 + w) / self.K
 
 
-def _time_grid(schedule: DiscreteVPSchedule, skip: str, n: int, t_end: float) -> list:
-    """n + 1 times from 1 down to t_end, uniform in t, in sqrt(t), or in lambda (log-SNR)."""
+def _time_grid(schedule: DiscreteVPSchedule, skip: str, n: int, t_end: float, t_start: float = 1.0) -> list:
+    """n + 1 times from t_start down to t_end, uniform in t, in sqrt(t), or in lambda (log-SNR)."""
     if skip == "time_uniform":
-        return [1.0 + (t_end - 1.0) * i / n for i in range(n + 1)]
+        return [t_start + (t_end - t_start) * i / n for i in range(n + 1)]
     if skip == "time_quadratic":
-        return [(1.0 + (math.sqrt(t_end) - 1.0) * i / n) ** 2 for i in range(n + 1)]
-    lam_start, lam_end = schedule.lam(1.0), schedule.lam(t_end)
+        return [(math.sqrt(t_start) + (math.sqrt(t_end) - math.sqrt(t_start)) * i / n) ** 2 for i in range(n + 1)]
+    lam_start, lam_end = schedule.lam(t_start), schedule.lam(t_end)
     return [schedule.t_of_lambda(lam_start + (lam_end - lam_start) * i / n) for i in range(n + 1)]
 
 
 def _singlestep_plan(schedule: DiscreteVPSchedule, skip: str, steps: int, order: int, t_end: float):
-    """DPM-Solver's split of `steps` model calls into singlestep updates (e.g. 15 -> [3,3,3,3,2,1])."""
+    """DPM-Solver's split of `steps` model calls into singlestep updates (e.g. 15 -> [3,3,3,3,2,1]): the
+    intervals, their orders, and each update's inner nodes r1 (, r2) as fractions of its log-SNR step h. The
+    inner nodes are the update's own grid of `order` cells in the chosen skip, as DPM-Solver's sample() does
+    (time_uniform: the uniform-time points, so r1, r2 follow the schedule; logSNR: 1/3, 2/3 and 1/2)."""
     if order == 3:
         n = steps // 3 + 1
         orders = {0: [3] * (n - 2) + [2, 1], 1: [3] * (n - 1) + [1], 2: [3] * (n - 1) + [2]}[steps % 3]
@@ -394,18 +397,25 @@ def _singlestep_plan(schedule: DiscreteVPSchedule, skip: str, steps: int, order:
         orders = [1] * steps
     if skip == "logSNR":  # one uniform log-SNR cell per update
         grid = _time_grid(schedule, skip, len(orders), t_end)
-        return list(zip(grid[:-1], grid[1:])), orders
-    # a grid of steps + 1 points; each update spans as many cells as its order
-    grid = _time_grid(schedule, skip, steps, t_end)
-    bounds = [0]
-    for o in orders:
-        bounds.append(bounds[-1] + o)
-    intervals = [(grid[bounds[i]], grid[bounds[i + 1]]) for i in range(len(orders))]
-    return intervals, orders
+        intervals = list(zip(grid[:-1], grid[1:]))
+    else:  # a grid of steps + 1 points; each update spans as many cells as its order
+        grid = _time_grid(schedule, skip, steps, t_end)
+        bounds = [0]
+        for o in orders:
+            bounds.append(bounds[-1] + o)
+        intervals = [(grid[bounds[i]], grid[bounds[i + 1]]) for i in range(len(orders))]
+    ratios = []
+    for (s, t), o in zip(intervals, orders):
+        inner = _time_grid(schedule, skip, o, t, s)  # dpm_solver.py: timesteps_inner, lambda_inner, r1, r2
+        h = schedule.lam(t) - schedule.lam(s)
+        ratios.append([(schedule.lam(u) - schedule.lam(s)) / h for u in inner[1:-1]])
+    return intervals, orders, ratios
 
 
-def _singlestep_update(schedule: DiscreteVPSchedule, model, x, s: float, t: float, order: int):
-    """One DPM-Solver-1/2/3 step from time s to t (DPM-Solver paper, Alg. 1 and 2; r1=1/3, r2=2/3)."""
+def _singlestep_update(schedule: DiscreteVPSchedule, model, x, s: float, t: float, order: int, r1: float = 0.5,
+                       r2: float = 2 / 3):
+    """One DPM-Solver-1/2/3 step from time s to t with inner nodes at lambda_s + r1 h (, + r2 h) (DPM-Solver
+    paper, Alg. 1 and 2, where r1 = 1/2 for order 2 and r1, r2 = 1/3, 2/3 for order 3 on a log-SNR grid)."""
     lam_s, lam_t = schedule.lam(s), schedule.lam(t)
     h = lam_t - lam_s
     eps_s = model(x, s)
@@ -416,11 +426,9 @@ def _singlestep_update(schedule: DiscreteVPSchedule, model, x, s: float, t: floa
     if order == 1:
         return first_order(t, 1.0)
     if order == 2:
-        r1 = 0.5
         s1 = schedule.t_of_lambda(lam_s + r1 * h)
         eps_s1 = model(first_order(s1, r1), s1)
         return first_order(t, 1.0) - schedule.sigma(t) / (2 * r1) * math.expm1(h) * (eps_s1 - eps_s)
-    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
     s1, s2 = schedule.t_of_lambda(lam_s + r1 * h), schedule.t_of_lambda(lam_s + r2 * h)
     eps_s1 = model(first_order(s1, r1), s1)
     phi_22 = math.expm1(r2 * h) / (r2 * h) - 1.0

@@ -68,7 +68,8 @@ def crr_weights(q_data: torch.Tensor, q_samples: torch.Tensor, beta: float, clip
 
 
 class EDPCRR(Agent):
-    """update(batch): the critics as in TD3 (Eq. 6), then the policy by weighted likelihood (Eq. 11)."""
+    """update(batch): the critics as in TD3 (Eq. 6) and the policy by weighted likelihood (Eq. 11), both from the
+    parameters before the step, as the authors' code (sail-sg/edp dql.py:470-492)."""
 
     checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
 
@@ -82,7 +83,7 @@ class EDPCRR(Agent):
         self.critic = TwinCritic(state_dim, action_dim).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # a tensor: no host sync per step
 
     def critic_loss(self, batch: dict) -> tuple:
@@ -100,8 +101,7 @@ class EDPCRR(Agent):
             n = self.config.advantage_samples
             sigma = self.policy.log_std.clamp(-5.0, 2.0).exp()
             samples = approximation.action.repeat_interleave(n, dim=0)
-            # a_j ~ N(a0_hat, sigma^2 I), clipped to the action range the critics know (our choice)
-            samples = (samples + sigma * torch.randn_like(samples)).clamp(-1.0, 1.0)
+            samples = samples + sigma * torch.randn_like(samples)  # a_j ~ N(a0_hat, sigma^2 I), unclipped as the authors'
             q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
             weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
         if self.config.likelihood == "gaussian":
@@ -110,15 +110,14 @@ class EDPCRR(Agent):
             log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
         diffusion_loss = approximation.diffusion_loss()
         weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11 / Eq. 20
-        return diffusion_loss + weighted_loss, diffusion_loss, weighted_loss, weight
+        return diffusion_loss + self.config.eta * weighted_loss, diffusion_loss, weighted_loss, weight
 
     def update(self, batch: dict) -> dict:
         self.step_count += 1
         critic_loss, q = self.critic_loss(batch)
-        critic_grad = adam_step(critic_loss, self.critic_optimizer, self.config.grad_clip)
-
-        policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)
+        policy_loss, diffusion_loss, weighted_loss, weight = self.policy_loss(batch)  # critics before their step
         policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)
+        critic_grad = adam_step(critic_loss, self.critic_optimizer, self.config.grad_clip)
 
         polyak(self.critic_target, self.critic, self.config.tau)
         update_ema_policy(self.ema_policy, self.policy, self.step_count, self.config)

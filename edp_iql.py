@@ -43,9 +43,9 @@ class Args(shared.CommonArgs):
     learn_std: bool = False
     """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
     expectile: Optional[float] = None
-    """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3)"""
+    """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3; released: 0.7)"""
     beta: Optional[float] = None
-    """inverse temperature of the IQL paper: weight exp(beta * A) (default: 1, App. A.3; released: 3 on locomotion, 10 on antmaze, 0.5 on adroit and kitchen)"""
+    """inverse temperature of the IQL paper: weight exp(beta * A) (default: 1, App. A.3; released: 3)"""
     weight_clip: float = 100.0
     """upper clip of the weight exp(beta * A) (authors' code: 100)"""
 
@@ -55,13 +55,15 @@ class Args(shared.CommonArgs):
 # ==============================================================================================
 PAPER = shared.PAPER | {
     "expectile": {"locomotion": 0.7, "antmaze": 0.9, "adroit": 0.7, "kitchen": 0.7},  # App. A.3
-    "beta": 1.0,  # App. A.3
+    "beta": 1.0,  # App. A.3: "a temperature of beta = 1"
+    # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze-iql", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | {
-    "expectile": PAPER["expectile"],
-    "beta": {"locomotion": 3.0, "antmaze": 10.0, "adroit": 0.5, "kitchen": 0.5},  # the authors' runs
-    "reward_transform": PAPER["reward_transform"] | {"locomotion": "returns"},  # --norm_reward
+RELEASED = shared.RELEASED | {  # sail-sg/edp at b019648
+    "expectile": 0.7,  # dql.py:84
+    "beta": 3.0,  # dql.py:85 awr_temperature, multiplying A (dql.py:584)
+    # README.md:51 runs IQL with --norm_reward=True (utilities/traj_dataset.py:142-147; never on AntMaze, trainer.py:422-424)
+    "reward_transform": PAPER["reward_transform"] | {"locomotion": "returns"},
 }
 
 
@@ -95,7 +97,7 @@ class EDPIQL(Agent):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = mlp(state_dim, 1).to(device)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr)
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # a tensor: no host sync per step
 
@@ -109,16 +111,17 @@ class EDPIQL(Agent):
         value_loss = expectile_loss(target_q - v, self.config.expectile).mean()
         adam_step(value_loss, self.value_optimizer, self.config.grad_clip)
 
-        # policy: weighted likelihood with exp(beta * A), A = Q - V, no gradient through the weight
+        # policy: weighted likelihood with exp(beta * A), A = Q - V with the updated V (App. A.3; dql.py:612, 580)
         approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
-        weight = iql_weights(target_q, v.detach(), self.config.beta, self.config.weight_clip)
+        with torch.no_grad():
+            weight = iql_weights(target_q, self.value(state), self.config.beta, self.config.weight_clip)
         if self.config.likelihood == "gaussian":
             log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
         else:
             log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
         diffusion_loss = approximation.diffusion_loss()
         weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11
-        policy_loss = diffusion_loss + weighted_loss
+        policy_loss = diffusion_loss + self.config.eta * weighted_loss
         policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)
 
         # Q: towards r + gamma V(s') (Eq. 22); no policy sample anywhere in policy evaluation

@@ -40,43 +40,40 @@ ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py 
 class Args(shared.CommonArgs):
     action_approx: bool = True
     """train with action approximation (Eq. 9); off: back-propagate through the sampler (Diffusion-QL)"""
-    eta: Optional[float] = None
-    """weight of the policy-improvement loss L_pi (default: 1.0; 0.1 on adroit; 0.005 on kitchen; Table 3)"""
     alpha: float = 2.0
     """lambda = alpha / mean|Q| normalises L_pi (authors' code: 2.0)"""
-    max_q_backup: Optional[bool] = None
-    """TD target: max over 10 next actions per head, then min over heads (default: True on antmaze, False elsewhere)"""
+    max_q_backup: bool = False
+    """TD target: max over 10 next actions per head, then min over heads (Diffusion-QL's AntMaze option; off in the authors' code, dql.py:56)"""
 
 
 # ==============================================================================================
 # Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | {
-    "eta": {"locomotion": 1.0, "antmaze": 1.0, "adroit": 0.1, "kitchen": 0.005},  # Table 3
-    "max_q_backup": {"locomotion": False, "antmaze": True, "adroit": False, "kitchen": False},
+PAPER = shared.PAPER | {  # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | {key: PAPER[key] for key in ("eta", "max_q_backup", "reward_transform")}
+RELEASED = shared.RELEASED | {"reward_transform": PAPER["reward_transform"]}
 
 
 # ==============================================================================================
 # Algorithm: twin critics + the diffusion policy, trained with TD3(+BC) (Alg. 1, App. A.1)
 # ==============================================================================================
 class EDPTD3(Agent):
-    """update(batch) does one TD3 step: the critics (Eq. 6), then the policy (L_diff + eta * L_pi)."""
+    """update(batch) does one TD3 step: the critics (Eq. 6) and the policy (L_diff + eta * L_pi), both from the
+    parameters before the step, as the authors' code (sail-sg/edp dql.py:337-359)."""
 
     checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
 
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
-        if config.eta < 0 or config.alpha <= 0:
-            raise UsageError("need --eta >= 0 and --alpha > 0")
+        if not config.alpha > 0:
+            raise UsageError("need --alpha > 0")
         self.config = config
         self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule).to(device)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
         self.critic = TwinCritic(state_dim, action_dim).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart
         self.step_count = torch.zeros((), dtype=torch.long, device=device)  # a tensor: no host sync per step
 
     def critic_loss(self, batch: dict) -> tuple:
@@ -116,10 +113,9 @@ class EDPTD3(Agent):
     def update(self, batch: dict) -> dict:
         self.step_count += 1
         critic_loss, q = self.critic_loss(batch)
+        policy_loss, diffusion_loss, q_loss = self.policy_loss(batch)  # against the critics before their step
+        policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)  # reaches the policy only
         critic_grad = adam_step(critic_loss, self.critic_optimizer, self.config.grad_clip)
-
-        policy_loss, diffusion_loss, q_loss = self.policy_loss(batch)  # its gradient reaches the policy only:
-        policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)  # autograd.grad skips dL/dQ_theta
 
         polyak(self.critic_target, self.critic, self.config.tau)
         update_ema_policy(self.ema_policy, self.policy, self.step_count, self.config)

@@ -27,9 +27,10 @@ def summarize(evaluations: list) -> tuple:
 
 
 class Evaluator:
-    """Runs `episodes` episodes in a vector env from fixed seeds (environments and policy noise alike), so
-    evaluations are comparable and a checkpoint evaluated again scores the same; with `video_folder`, the first
-    episode of each evaluation is recorded there."""
+    """Runs `episodes` episodes in a vector env. Evaluation at training step k draws its episodes (environments
+    and policy noise alike) from seed + k: each evaluation sees new episodes, as the authors' (so RAT averages 10
+    evaluations' worth of episodes), and a checkpoint of step k evaluated again scores what its run did. With
+    `video_folder`, the first episode of each evaluation is recorded there."""
 
     def __init__(self, make_env: Callable, episodes: int, seed: int, statistics: dict, domain: str, score: Callable, device,
                  video_folder: Optional[str] = None):
@@ -45,16 +46,16 @@ class Evaluator:
         self.episodes, self.seed, self.domain, self.score, self.device = episodes, seed, domain, score, device
         self.statistics = statistics
 
-    def __call__(self, act: Callable[[torch.Tensor], torch.Tensor], name: str = "eval",
+    def __call__(self, act: Callable[[torch.Tensor], torch.Tensor], step: int = 0, name: str = "eval",
                  stop: Callable[[], bool] = lambda: False) -> dict:
-        """Scores of one evaluation; `name` names its video, <name>-episode-<k>.mp4. `stop` is asked at every
-        environment step: when it says so, the evaluation ends with EvaluationStopped."""
+        """Scores of the evaluation at training step `step`; `name` names its video, <name>-episode-<k>.mp4. `stop`
+        is asked at every environment step: when it says so, the evaluation ends with EvaluationStopped."""
         start = time.perf_counter()
         if self.recorder is not None:
             self.recorder.name_prefix, self.take_video = name, True
         with torch.random.fork_rng(devices=[self.device] if torch.device(self.device).type == "cuda" else []):
-            torch.manual_seed(self.seed)  # the same policy noise in every evaluation; training's RNG is left as it was
-            result = self.run_episodes(act, stop)
+            torch.manual_seed(self.seed + step)  # the policy noise of this step's evaluation; training's RNG is untouched
+            result = self.run_episodes(act, self.seed + step, stop)
         if self.recorder is not None:
             if self.recorder.recording:
                 self.recorder.stop_recording()  # episode 0 may have ended last: write its video now
@@ -63,8 +64,8 @@ class Evaluator:
                 result["video"] = max(videos, key=os.path.getmtime)
         return result | dict(eval_seconds=time.perf_counter() - start)
 
-    def run_episodes(self, act: Callable[[torch.Tensor], torch.Tensor], stop: Callable[[], bool]) -> dict:
-        observation, _ = self.envs.reset(seed=self.seed)
+    def run_episodes(self, act: Callable[[torch.Tensor], torch.Tensor], seed: int, stop: Callable[[], bool]) -> dict:
+        observation, _ = self.envs.reset(seed=seed)
         n, low, high = self.episodes, self.statistics["action_low"], self.statistics["action_high"]
         returns, lengths = np.zeros(n), np.zeros(n, dtype=int)
         success, has_success = np.zeros(n, dtype=bool), False

@@ -56,20 +56,29 @@ def test_a_compiled_update_computes_what_an_eager_one_does(script, overrides):
                 assert difference.max() < 1e-4 and (difference > 1e-6).float().mean() < 1e-3, f"{name}.{key}"
 
 
-def test_adam_step_is_backward_clip_grad_norm_and_adam():
+@pytest.mark.parametrize("optimizer_class, groups, weight_decay", [
+    (torch.optim.Adam, 1, 0.0), (torch.optim.Adam, 2, 0.0), (torch.optim.AdamW, 2, 0.1)])
+def test_adam_step_is_backward_clip_grad_norm_and_adam(optimizer_class, groups, weight_decay):
+    """adam_step = backward, clip_grad_norm_ of each parameter group on its own (one group per network, as the
+    authors clip Q1 and Q2 apart), optimizer.step(); AdamW's decoupled weight decay included."""
     torch.manual_seed(0)
     network = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 1))
     reference = copy.deepcopy(network)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
-    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+
+    def parameter_groups(model):
+        layers = [list(model[0].parameters()), list(model[2].parameters())]
+        return [dict(params=layers[0] + layers[1])] if groups == 1 else [dict(params=layers[0]), dict(params=layers[1], lr=3e-3)]
+
+    optimizer = optimizer_class(parameter_groups(network), lr=1e-2, weight_decay=weight_decay)
+    reference_optimizer = optimizer_class(parameter_groups(reference), lr=1e-2, weight_decay=weight_decay)
     for step in range(6):
         x, y = torch.randn(64, 5), torch.randn(64, 1) * (1 + 10 * (step % 2))  # odd steps: large gradients, clipped
         norm = adam_step(((network(x) - y) ** 2).mean(), optimizer, 1.0)
         reference_optimizer.zero_grad()
         ((reference(x) - y) ** 2).mean().backward()
-        reference_norm = nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        reference_norms = [nn.utils.clip_grad_norm_(group["params"], 1.0) for group in reference_optimizer.param_groups]
         reference_optimizer.step()
-        torch.testing.assert_close(norm, reference_norm)
+        torch.testing.assert_close(norm, torch.stack(reference_norms).max())
     assert norm > 1.0  # the clipping was exercised
     for value, reference_value in zip(network.parameters(), reference.parameters()):
         torch.testing.assert_close(value, reference_value)
@@ -79,8 +88,18 @@ def test_adam_step_is_backward_clip_grad_norm_and_adam():
             torch.testing.assert_close(state[key][name], value)
 
 
-def test_ema_schedule_copies_then_averages_every_few_steps():
-    config = types.SimpleNamespace(ema_start=3, ema_every=2, ema_tau=0.25)
+def test_adam_step_refuses_what_it_does_not_implement():
+    network = nn.Linear(3, 1)
+    loss = lambda: network(torch.ones(2, 3)).sum()  # noqa: E731
+    with pytest.raises(TypeError, match="Adam or AdamW, not SGD"):
+        adam_step(loss(), torch.optim.SGD(network.parameters(), lr=0.1), 1.0)
+    with pytest.raises(TypeError, match="amsgrad"):
+        adam_step(loss(), torch.optim.Adam(network.parameters(), amsgrad=True), 1.0)
+
+
+@pytest.mark.parametrize("warmup", ["copy", "initial"])
+def test_ema_schedule_warms_up_then_averages_every_few_steps(warmup):
+    config = types.SimpleNamespace(ema_start=3, ema_every=2, ema_tau=0.25, ema_warmup=warmup)
     policy, ema = nn.Linear(4, 2), nn.Linear(4, 2)
     expected = [value.detach().clone() for value in ema.parameters()]
     for step in range(1, 9):
@@ -89,8 +108,9 @@ def test_ema_schedule_copies_then_averages_every_few_steps():
                 value.normal_()
         update_ema_policy(ema, policy, torch.tensor(step), config)
         for index, value in enumerate(policy.parameters()):
-            if step < config.ema_start:
-                expected[index] = value.detach().clone()
+            if step <= config.ema_start:
+                if warmup == "copy":  # "initial": the EMA keeps its initial weights (the authors' code)
+                    expected[index] = value.detach().clone()
             elif step % config.ema_every == 0:
                 expected[index] = 0.75 * expected[index] + 0.25 * value.detach()
         for value, expected_value in zip(ema.parameters(), expected):

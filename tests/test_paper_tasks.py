@@ -105,7 +105,7 @@ FAMILIES = {  # family: (task, observation dims, check of one evaluation's score
     "locomotion": ("hopper-medium", 11, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("hopper", e["return"]))
                    and e["episode_length"] <= 1000),
 }
-DOMAIN_PRESETS = {"edp_td3": dict(antmaze=dict(reward_transform="antmaze", max_q_backup=True), kitchen=dict(eta=0.005)),
+DOMAIN_PRESETS = {"edp_td3": dict(antmaze=dict(reward_transform="antmaze", max_q_backup=False), kitchen=dict(eta=0.005)),
                   "edp_crr": dict(antmaze=dict(reward_transform="antmaze"), adroit=dict(reward_transform="minmax")),
                   "edp_iql": dict(antmaze=dict(reward_transform="antmaze-iql", expectile=0.9))}
 
@@ -158,3 +158,68 @@ def test_a_paper_task_reads_the_newest_local_version(replicas):
         assert data.card["dataset"]["id"] == "D4RL/antmaze/umaze-v2"
     finally:
         shutil.rmtree(get_dataset_path("D4RL/antmaze/umaze-v2"))
+
+
+# -- D4RL's horizons and terminals (issue: scores on the paper's scale) -----------------------------------
+# max_episode_steps of D4RL's registered envs, typed from D4RL's source (Farama-Foundation/D4RL @ 89141a6)
+D4RL_MAX_EPISODE_STEPS = {
+    **{f"{robot}-{quality}": 1000 for robot in ("hopper", "halfcheetah", "walker2d")  # d4rl/gym_mujoco/__init__.py:13
+       for quality in ("medium", "medium-replay", "medium-expert")},
+    "antmaze-umaze": 700, "antmaze-umaze-diverse": 700,  # d4rl/locomotion/__init__.py:325-327, 342-344
+    "antmaze-medium-play": 1000, "antmaze-medium-diverse": 1000,  # :359-361, 376-378
+    "antmaze-large-play": 1000, "antmaze-large-diverse": 1000,  # :410-412, 393-395
+    "pen-human": 100, "pen-cloned": 100,  # d4rl/hand_manipulation_suite/__init__.py:11 MAX_STEPS["pen"]
+    "kitchen-complete": 280, "kitchen-partial": 280, "kitchen-mixed": 280,  # d4rl/kitchen/__init__.py:6-8, 19-21, 33-35
+}
+
+
+def test_every_paper_task_has_d4rls_horizon():
+    assert {name: task.horizon for name, task in tasks.TASKS.items()} == D4RL_MAX_EPISODE_STEPS
+
+
+@pytest.mark.parametrize("task", ["pen-human", "kitchen-complete", "antmaze-umaze"])
+def test_evaluation_episodes_end_at_d4rls_horizon_and_the_flag_overrides_it(task, replicas):
+    own = {"pen-human": 200, "kitchen-complete": 280, "antmaze-umaze": 700}[task]  # Minari's specs
+    for flags, steps in [({}, D4RL_MAX_EPISODE_STEPS[task]), (dict(eval_max_steps=0), own), (dict(eval_max_steps=7), 7)]:
+        data = tasks.load_data(edp_td3.Args(env=task, **flags), tasks.TASKS[task])
+        env = data.make_env()
+        env.reset(seed=0)
+        length, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+            length, done = length + 1, terminated or truncated
+        env.close()
+        assert env.spec.max_episode_steps == steps and length <= steps
+        if task == "pen-human":  # the pen never ends early with zero actions: the horizon ends it
+            assert length == steps
+
+
+def test_a_pen_run_records_d4rls_horizon_and_the_task_card(replicas, tmp_path):
+    from test_scripts import run_and_check
+
+    result = run_and_check("edp_td3", "pen-human", tmp_path / "run", 5, 5)
+    card = result["task"]
+    assert card["max_episode_steps"] == 100 and result["evaluations"][0]["episode_length"] == 100
+    assert card["dataset"]["id"] == "D4RL/pen/human-v2" and card["dataset"]["replica"] is True
+    assert card["eval_env"] == "AdroitHandPen-v1" and card["preset"] == "paper"
+    assert "96.262799" in card["score"] and "minmax" in card["reward"] and card["terminals"]
+
+
+def test_antmaze_goal_transitions_are_terminal_as_in_d4rls_data(replicas):
+    """D4RL relabelled AntMaze with terminal = reward (scripts/generation/relabel_antmaze_rewards.py:31, 36)."""
+    data = tasks.load_minari(tasks.TASKS["antmaze-umaze"], edp_td3.Args(env="antmaze-umaze"))
+    assert 0 < data.rewards.sum() < len(data.rewards)
+    np.testing.assert_array_equal(data.dones, data.rewards)
+    kept = tasks.load_minari(tasks.TASKS["antmaze-umaze"], edp_td3.Args(env="antmaze-umaze", terminals="dataset"))
+    assert kept.dones.sum() == 0 and (kept.rewards == data.rewards).all()  # Minari's: never terminal (continuing_task)
+
+
+def test_kitchen_demonstrations_end_terminal_as_in_d4rls_data(replicas):
+    """D4RL's kitchen data marks each demonstration's last step terminal (generate_kitchen_datasets.py:101)."""
+    import minari
+
+    lengths = [len(episode.actions) for episode in minari.load_dataset(replicas["kitchen-complete"]).iterate_episodes()]
+    data = tasks.load_minari(tasks.TASKS["kitchen-complete"], edp_td3.Args(env="kitchen-complete"))
+    np.testing.assert_array_equal(np.flatnonzero(data.dones), np.cumsum(lengths) - 1)
+    kept = tasks.load_minari(tasks.TASKS["kitchen-complete"], edp_td3.Args(env="kitchen-complete", terminals="dataset"))
+    assert kept.dones.sum() == 0

@@ -32,6 +32,18 @@ RELEASED_GRAD_CLIP = {
 
 
 
+# The authors' code (sail-sg/edp at b019648), typed from the source: file:line beside each value
+RELEASED_CODE = {
+    "total_steps": 2_000_000,  # diffusion/trainer.py:81-82, n_epochs=2000, n_train_step_per_epoch=1000
+    "lr": 3e-4,  # diffusion/dql.py:61 (the trainer reads only `gn` from hps.py, trainer.py:222)
+    "eta": 1.0,  # diffusion/dql.py:63 guide_coef
+    "ema_warmup": "initial",  # diffusion/dql.py:675-678, the target policy moves only after step 1000
+    "eval_episodes": 10,  # diffusion/trainer.py:84 eval_n_trajs
+    "normalize_obs": "off",  # diffusion/trainer.py:89 obs_norm=False
+}
+RELEASED_IQL = {"expectile": 0.7, "beta": 3.0}  # diffusion/dql.py:84-85
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_each_preset_resolves_to_its_table_row(script, task):
@@ -40,16 +52,22 @@ def test_each_preset_resolves_to_its_table_row(script, task):
     for flag, paper_value, released_value in COMMON_ROWS:
         assert (getattr(paper, flag), getattr(released, flag)) == (paper_value, released_value), flag
     assert paper.grad_clip == 5.0 and released.grad_clip == RELEASED_GRAD_CLIP[task]
-    assert released.normalize_obs == "off" and released.eval_episodes == 10
+    for flag, value in RELEASED_CODE.items() | (RELEASED_IQL.items() if script == "edp_iql" else set()):
+        assert getattr(released, flag) == value, flag
+    # the paper: Table 3 (lr, loss weight, epochs: 2000 on locomotion, 1000 elsewhere) and Sec. 5
+    assert paper.lr == (3e-5 if domain == "adroit" else 3e-4)
+    assert paper.eta == {"adroit": 0.1, "kitchen": 0.005}.get(domain, 1.0)
+    assert paper.total_steps == (2_000_000 if domain == "locomotion" else 1_000_000)
     assert paper.normalize_obs == ("off" if domain == "locomotion" else "per-dimension")
     assert paper.eval_episodes == (100 if domain == "antmaze" else 10)
-    assert paper.lr == released.lr == (3e-5 if domain == "adroit" else 3e-4)  # Table 3 in both
-    if script == "edp_iql":  # App. A.3 says beta = 1; the authors' runs used 3 / 10 / 0.5 and --norm_reward
-        assert paper.beta == 1.0
-        assert released.beta == {"locomotion": 3.0, "antmaze": 10.0}.get(domain, 0.5)
+    assert paper.ema_warmup == "copy"
+    if script == "edp_iql":  # App. A.3: beta = 1, expectile 0.9 on AntMaze; the authors' README adds --norm_reward
+        assert paper.beta == 1.0 and paper.expectile == (0.9 if domain == "antmaze" else 0.7)
         assert released.reward_transform == ("returns" if domain == "locomotion" else paper.reward_transform)
     else:
         assert released.reward_transform == paper.reward_transform
+    if script == "edp_td3":  # the authors' code: no max-Q backup (dql.py:56), on every domain, in both presets
+        assert paper.max_q_backup is False and released.max_q_backup is False
 
 
 def test_a_flag_given_wins_over_the_preset():
@@ -110,7 +128,7 @@ def test_help_lists_the_preset_and_sampler_flags(script, capsys):
 
 # -- every preset-driven default is visible in --help ------------------------------------------------
 PRESET_DRIVEN = ["lr", "grad_clip", "eval_episodes", "normalize_obs", "action_clip", "dpm_method", "dpm_skip",
-                 "eas_samples", "acting_policy", "reward_transform", "eta", "max_q_backup", "expectile", "beta"]
+                 "eas_samples", "acting_policy", "reward_transform", "eta", "ema_warmup", "expectile", "beta"]
 ONE_TASK_PER_DOMAIN = ["hopper-medium", "antmaze-umaze", "pen-human", "kitchen-mixed"]
 
 
@@ -160,7 +178,8 @@ def test_the_defaults_table_covers_exactly_the_flags_left_unset(script):
     fills has a row: a reader finds each default in the one table at the top."""
     module = importlib.import_module(script)
     unset = {name for name, value in vars(module.Args()).items() if value is None}
-    not_preset = {"dataset_path", "eval_env", "run_dir", "wandb_group", "wandb_entity", "checkpoint"}  # no default
+    not_preset = {"dataset_path", "eval_env", "run_dir", "wandb_group", "wandb_entity", "checkpoint",  # no default
+                  "eval_max_steps"}  # None: the task's D4RL horizon (tasks.py), not a preset's
     assert set(module.PAPER) == set(module.RELEASED) == unset - not_preset
     for task in ONE_TASK_PER_DOMAIN:
         config = resolve(script, task)
