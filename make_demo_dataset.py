@@ -183,14 +183,32 @@ def reference_score(kind: str, env: gym.Env, act, episodes: int, seed: int) -> f
     return float(np.mean([run_episode(env, act, seed + i)["rewards"].sum() for i in range(episodes)]))
 
 
-def _clear(dataset_id: str, overwrite: bool) -> bool:
-    """Delete an existing local dataset when overwriting; True if it exists and must be kept."""
-    import minari
+AUTHOR = "EDP reference implementation (make_demo_dataset.py)"  # marks the datasets this file wrote
 
-    if dataset_id in minari.list_local_datasets():
-        if not overwrite:
-            return True
-        minari.delete_dataset(dataset_id)
+
+class Refused(Exception):
+    """Bad input, or a file this script did not make in the way: one line, exit code 2, nothing touched."""
+
+
+def _clear(dataset_id: str, overwrite: bool) -> bool:
+    """Delete an existing local dataset that this file made, when overwriting; True if it exists and must be kept.
+    A dataset it did not make (a real download under the same id) is never deleted: Refused."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    path = get_dataset_path(dataset_id)
+    if not os.path.exists(path):
+        return False
+    try:
+        author = minari.load_dataset(dataset_id).storage.metadata.get("author")  # Minari keeps a set of names
+    except Exception:  # unreadable: not provably ours either
+        author = None
+    if author not in (AUTHOR, {AUTHOR}, [AUTHOR]):
+        raise Refused(f"{path} holds a dataset that make_demo_dataset.py did not make (a real download?); it is left"
+                      " as it is. Point MINARI_DATASETS_PATH at a folder of its own for replicas")
+    if not overwrite:
+        return True
+    minari.delete_dataset(dataset_id)
     return False
 
 
@@ -204,7 +222,7 @@ def write_dataset(dataset_id: str, buffers: list, env: gym.Env, eval_env, **meta
             warnings.filterwarnings("ignore", message="`eval_env` is set to None")
             minari.create_dataset_from_buffers(
                 dataset_id=dataset_id, buffer=buffers, env=env, eval_env=eval_env,
-                author="EDP reference implementation (make_demo_dataset.py)", author_email="none",
+                author=AUTHOR, author_email="none",
                 code_permalink="make_demo_dataset.py", **metadata)
     except BaseException:
         shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)
@@ -470,12 +488,18 @@ class Args:
     """replicas and HDF5: cut each episode at this many steps (default: the env's limit, 1000 for HDF5)"""
     path: Optional[str] = None
     """HDF5 kinds: output file (default <robot>-replica.hdf5)"""
+    overwrite: bool = False
+    """HDF5 kinds: replace an existing file at --path (without it, an existing file is left alone)"""
 
 
 def main(args: Args) -> str:
+    if (args.episodes is not None and args.episodes < 1) or (args.max_steps is not None and args.max_steps < 1):
+        raise Refused(f"--episodes and --max-steps must be at least 1 (got {args.episodes}, {args.max_steps})")
     if args.kind in LOCOMOTION:
-        path = make_d4rl_hdf5(args.kind, args.path or f"{args.kind}-replica.hdf5", args.episodes or 3, args.seed,
-                              args.max_steps or 1000)
+        path = args.path or f"{args.kind}-replica.hdf5"
+        if os.path.lexists(path) and not args.overwrite:
+            raise Refused(f"{path} exists; pass --overwrite to replace it, or choose another --path")
+        path = make_d4rl_hdf5(args.kind, path, args.episodes or 3, args.seed, args.max_steps or 1000)
         print(f"wrote D4RL-format HDF5 {path}")
         return path
     if args.kind in REPLICAS:
@@ -487,5 +511,9 @@ def main(args: Args) -> str:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except Refused as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)

@@ -18,7 +18,6 @@ continues with --resume. From the runs' summary.json files it writes, next to th
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
 import shlex
@@ -97,7 +96,7 @@ class Args:
     dry_run: bool = False
     """list the runs and what would happen to each, start nothing"""
     report_only: bool = False
-    """start no run: write the tables and plots from the run folders"""
+    """start no run: write the tables and plots from the finished runs of this configuration (the same flags as the sweep)"""
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
@@ -113,8 +112,19 @@ class Run:
     command: list
 
     @property
+    def done_command(self) -> Optional[list]:
+        """The command a finished run in this folder ran (done.json), or None."""
+        try:
+            with open(os.path.join(self.run_dir, "done.json")) as file:
+                command = json.load(file).get("command")
+            return command if isinstance(command, list) else []
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @property
     def finished(self) -> bool:
-        return os.path.isfile(os.path.join(self.run_dir, "done.json"))
+        """Finished with this very configuration (the same command, all flags alike)."""
+        return self.done_command is not None and self.done_command[1:] == self.command[1:]
 
     @property
     def interrupted(self) -> bool:
@@ -151,6 +161,10 @@ def check(args: Args):
              f" domains: {', '.join(DOMAIN_TASKS)})")
     if not all(0 <= seed < 2**32 for seed in args.seeds):  # the scripts' (numpy's) seed range
         fail(f"--seeds must be in 0 .. 2**32 - 1, got {' '.join(map(str, args.seeds))}")
+    if len(set(args.seeds)) < len(args.seeds) or len(set(args.algos)) < len(args.algos):
+        fail("--seeds and --algos must not repeat a value: each run needs a folder of its own")
+    if not (args.cpus_per_run > 0 and args.gpus_per_run >= 0):
+        fail(f"--cpus-per-run must be > 0 and --gpus-per-run >= 0, got {args.cpus_per_run} and {args.gpus_per_run}")
     if args.tasks:
         from tasks import UsageError, find_task  # the scripts' own rule of what a task is
 
@@ -170,6 +184,14 @@ def check(args: Args):
     if taken:
         fail(f"--script-args may not set {', '.join(taken)}: the sweep sets them for each run"
              f" (use --tasks, --seeds, --out-dir, --wandb-group, --preset, --d4rl-dir of reproduce.py)")
+
+
+def check_out_dir(args: Args, runs: list):
+    """A run folder that finished another configuration is never reused, nor reported as this one."""
+    for run in runs:
+        if run.done_command is not None and not run.finished:
+            fail(f"{run.run_dir} holds a finished run of another configuration (its done.json ran"
+                 f" {' '.join(run.done_command[1:]) or 'an unknown command'}); choose another --out-dir")
 
 
 def check_d4rl_files(args: Args, runs: list):
@@ -210,7 +232,7 @@ def execute(command: list, run_dir: str, environment: dict, threads: int) -> dic
     seconds = time.time() - start
     if returncode == 0:
         with open(os.path.join(run_dir, "done.json"), "w") as file:
-            json.dump(dict(command=command, seconds=seconds), file)
+            json.dump(dict(command=[token for token in command if token != "--resume"], seconds=seconds), file)
     return dict(run_dir=run_dir, returncode=returncode, seconds=seconds)
 
 
@@ -263,16 +285,21 @@ def sweep(args: Args, runs: list):
 SUMMARY_KEYS = ("algo", "env", "config", "rat", "oms", "evaluations")  # what the tables and plots read
 
 
-def load_summaries(out_dir: str) -> dict:
-    """(algo, task) -> list of summary.json contents, one per seed."""
+def load_summaries(runs: list) -> dict:
+    """(algo, task) -> list of summary.json contents, one per seed: the planned runs that finished with this
+    configuration only (not runs still going, copies of folders, or runs of other flags in the same --out-dir)."""
     results = {}
-    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*", "*", "seed*", "summary.json"))):
-        summary = read_summary(path)
-        if summary is None:
+    for run in runs:
+        if not run.finished:
             continue
-        algo = summary["algo"].removeprefix("edp_")
-        results.setdefault((algo, summary["env"]), []).append(summary)
+        summary = read_summary(os.path.join(run.run_dir, "summary.json"))
+        if summary is not None:
+            results.setdefault((run.algo, run.task), []).append(summary)
     return results
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def read_summary(path: str) -> Optional[dict]:
@@ -283,6 +310,12 @@ def read_summary(path: str) -> Optional[dict]:
         missing = [key for key in SUMMARY_KEYS if key not in summary] if isinstance(summary, dict) else SUMMARY_KEYS
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
+        evaluations = summary["evaluations"]
+        if not (is_number(summary["rat"]) and is_number(summary["oms"]) and isinstance(summary["config"], dict)
+                and isinstance(evaluations, list) and evaluations and all(
+                    isinstance(e, dict) and is_number(e.get("step")) and is_number(e.get("normalized_score"))
+                    for e in evaluations)):
+            raise ValueError("its rat, oms, config or evaluations are not of the types a run writes")
         return summary
     except (OSError, ValueError) as error:  # a JSONDecodeError is a ValueError
         print(f"warning: skipped {path} ({error})", file=sys.stderr)
@@ -337,13 +370,19 @@ def tables(results: dict, out_dir: str) -> tuple:
 
 
 def presets_of(results: dict) -> str:
-    """Which preset made the runs of a table, e.g. "released (60 runs)"."""
-    counts = {}
+    """Which preset made the runs of a table, e.g. "released (60 runs)", and how many ran on a replica."""
+    counts, replicas = {}, 0
     for summaries in results.values():
         for summary in summaries:
             preset = summary["config"].get("preset", "paper")
             counts[preset] = counts.get(preset, 0) + 1
-    return ", ".join(f"{preset} ({count} runs)" for preset, count in sorted(counts.items()))
+            dataset = summary.get("task", {}).get("dataset", {}) if isinstance(summary.get("task"), dict) else {}
+            replicas += bool(isinstance(dataset, dict) and dataset.get("replica"))
+    text = ", ".join(f"{preset} ({count} runs)" for preset, count in sorted(counts.items()))
+    if replicas:
+        text += (f". WARNING: {replicas} runs trained on structural REPLICAS of the datasets (make_demo_dataset.py),"
+                 " not the real data: their scores are not the paper's")
+    return text
 
 
 def write_table(rows: list, path: str, caption: str):
@@ -396,10 +435,10 @@ def plots(results: dict, out_dir: str) -> list:
     return paths
 
 
-def report(out_dir: str):
-    results = load_summaries(out_dir)
+def report(out_dir: str, runs: list):
+    results = load_summaries(runs)
     if not results:
-        print(f"no summary.json under {out_dir}/runs yet")
+        print(f"no run of this configuration has finished under {out_dir}/runs yet")
         return
     tables(results, out_dir)
     paths = plots(results, out_dir)
@@ -412,6 +451,7 @@ def main(args: Args):
     args.out_dir = args.out_dir or os.path.join("sweeps", args.preset)
     check(args)
     runs = plan(args)
+    check_out_dir(args, runs)
     check_d4rl_files(args, runs)
     if args.dry_run:
         for run in runs:
@@ -422,7 +462,7 @@ def main(args: Args):
         print(f"{len(runs)} runs")
         return
     failed = [] if args.report_only else sweep(args, runs)
-    report(args.out_dir)  # the tables of the runs that finished, even when others failed
+    report(args.out_dir, runs)  # the tables of the runs that finished, even when others failed
     if failed:
         print(f"error: {len(failed)} of {len(runs)} runs failed (see the reproduce.log in their folders)", file=sys.stderr)
         sys.exit(1)

@@ -27,6 +27,8 @@ import signal
 import sys
 import tempfile
 import time
+import types
+import typing
 from typing import Callable, Optional
 
 import numpy as np
@@ -154,6 +156,43 @@ def check_resume(config, checkpoint: dict, path: str, algorithm: str):
                          f" (only {', '.join(map(flag, RESUMABLE))} may change)")
 
 
+def checkpoint_statistics(checkpoint: dict, path: str) -> dict:
+    """The normalisation statistics a checkpoint was trained with, checked: finite tensors of the saved keys."""
+    statistics = checkpoint["statistics"]
+    keys = ("observation_mean", "observation_std", "observation_clip", "action_low", "action_high")
+    if not (isinstance(statistics, dict) and all(isinstance(statistics.get(key), torch.Tensor) for key in keys)):
+        raise UsageError(f"{path}: its normalisation statistics are incomplete")
+    if not all(torch.isfinite(statistics[key]).all() for key in keys if key != "observation_clip"):
+        raise UsageError(f"{path}: its normalisation statistics hold NaN or inf")
+    return {key: statistics[key].numpy() for key in keys}
+
+
+def matches(value, hint) -> bool:
+    """Whether a value read from a file is of a flag's type (Optional, Literal, bool, int, float, str)."""
+    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return value in arguments
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, argument) for argument in arguments)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def saved_config(args_class, checkpoint: dict, path: str):
+    """The configuration a checkpoint was made with, as the script's Args, each value of its flag's type."""
+    hints = typing.get_type_hints(args_class)
+    values = {key: value for key, value in checkpoint["config"].items() if key in hints}
+    wrong = [f"{flag(key)} = {value!r}" for key, value in values.items() if not matches(value, hints[key])]
+    if wrong:
+        raise UsageError(f"{path}: its saved configuration holds values of the wrong type: {', '.join(wrong)}")
+    return args_class(**values)
+
+
 def check_same_data(card: dict, checkpoint: dict, path: str):
     saved = checkpoint.get("task", {}).get("dataset", {})
     for key in ("id", "fingerprint"):
@@ -181,14 +220,18 @@ def rng_state() -> dict:
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
-def restore(agent, checkpoint: Optional[dict], config):
-    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile."""
+def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoint"):
+    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile.
+    A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
     if checkpoint is not None:
-        agent.load_state_dict(checkpoint["agent"])
-        random.setstate(checkpoint["rng"]["python"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if checkpoint["rng"].get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        try:
+            agent.load_state_dict(checkpoint["agent"])
+            random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in checkpoint["rng"]["python"]))
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if checkpoint["rng"].get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+            raise UsageError(f"{path} does not fit this configuration ({one_line(error)})") from None
     if config.compile:
         agent.compile()
     return agent
@@ -270,7 +313,7 @@ class Run:
         self.card = data.card | {"preset": config.preset}
         if self.checkpoint is not None:
             check_same_data(self.card, self.checkpoint, checkpoint_path)
-            self.statistics = {key: value.numpy() for key, value in self.checkpoint["statistics"].items()}
+            self.statistics = checkpoint_statistics(self.checkpoint, checkpoint_path)
         print_task_card(self.card)
         self.state_dim, self.action_dim = self.buffer.tensors["observations"].shape[1], self.buffer.tensors["actions"].shape[1]
         self.device = torch.device(config.device)
@@ -300,7 +343,7 @@ class Run:
         """The agent this run trains: restored from the checkpoint with --resume, compiled with --compile."""
         from tqdm import tqdm
 
-        self.agent = restore(agent, self.checkpoint, self.config)
+        self.agent = restore(agent, self.checkpoint, self.config, os.path.join(self.run_dir, "checkpoint_last.pt"))
         self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
                              mininterval=1.0)
         self.exits.callback(self.progress.close)
@@ -340,7 +383,7 @@ class Run:
         import wandb
 
         try:
-            result = self.evaluator(self.agent.act, name=f"step{step}", stop=lambda: self.stopping)
+            result = self.evaluator(self.agent.act, step, name=f"step{step}", stop=lambda: self.stopping)
         except EvaluationStopped:
             return
         self.evaluations.append(dict(step=step, **result))
@@ -400,21 +443,20 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
         raise UsageError("--eval-only needs --run-dir (its checkpoint_last.pt) or --checkpoint PATH")
     path = args.checkpoint or os.path.join(args.run_dir, "checkpoint_last.pt")
     checkpoint = read_checkpoint(path, "--eval-only", algorithm)
-    fields = {field.name for field in dataclasses.fields(type(args))}
     overrides = {key: getattr(args, key) for key in EVALUATION_FLAGS if key in given}
-    saved = type(args)(**{key: value for key, value in checkpoint["config"].items() if key in fields})
+    saved = saved_config(type(args), checkpoint, path)
     task = find_task(saved.env, saved.dataset_path)
     config = resolve_config(dataclasses.replace(saved, **overrides, eval_only=True, resume=False), task, paper, released)
     seed_everything(config)
     buffer, data, _ = prepare_data(config, task)
-    statistics = {key: value.numpy() for key, value in checkpoint["statistics"].items()}
+    statistics = checkpoint_statistics(checkpoint, path)
     agent = agent_class(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config,
                         torch.device(config.device))
-    restore(agent, checkpoint, config)
+    restore(agent, checkpoint, config, path)
     folder = os.path.dirname(os.path.abspath(path))
     evaluator = make_evaluator(config, data, statistics, task, os.path.join(folder, "videos"))
     try:
-        result = evaluator(agent.act, name=f"eval-only-step{agent.step}")
+        result = evaluator(agent.act, agent.step, name=f"eval-only-step{agent.step}")
     finally:
         evaluator.close()
     print(f"{path} ({config.env}, step {agent.step}): normalized score {result['normalized_score']:.1f}, return"

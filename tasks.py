@@ -11,7 +11,10 @@ from __future__ import annotations
 import difflib
 import glob
 import hashlib
+import math
 import os
+import stat
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -140,6 +143,8 @@ def env_maker(env: str | gym.envs.registration.EnvSpec, domain: str, max_steps: 
         raise UsageError(f"the evaluation env {spec.id} ({entry_point}) is not a registered Gymnasium env")
     kwargs = dict(spec.kwargs) | (D4RL_KITCHEN_EVAL if domain == "kitchen" else {})
     steps = max_steps or spec.max_episode_steps
+    if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+        raise UsageError(f"the evaluation env {spec.id} has the time limit {steps!r}: not a number of steps")
     return lambda **extra: gym.make(spec.id, max_episode_steps=steps, **kwargs, **extra)
 
 
@@ -174,6 +179,10 @@ def open_minari(dataset_id: str):
 
     path = get_dataset_path(dataset_id)
     local = os.path.isdir(os.path.join(path, "data"))
+    for name in ("metadata.json", "main_data.hdf5"):  # a FIFO or device here would block the reader forever
+        file = os.path.join(path, "data", name)
+        if os.path.lexists(file) and not stat.S_ISREG(os.stat(file).st_mode):
+            raise UsageError(f"{file} is not a regular file; remove it and download or make the dataset again")
     try:
         return minari.load_dataset(dataset_id, download=not local)
     except Exception as error:  # no network, no huggingface_hub, an unknown id; no main_data.hdf5, bad metadata.json
@@ -238,6 +247,11 @@ def load_minari(task: Task, config) -> OfflineData:
     if task.ref_scores is None and metadata.get("ref_min_score") is not None and metadata.get("ref_max_score") is not None:
         import minari
 
+        low, high = metadata["ref_min_score"], metadata["ref_max_score"]
+        if not (all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
+                and low != high):
+            raise UsageError(f"{dataset_id}: its reference scores (ref_min_score {low!r}, ref_max_score {high!r}) must be"
+                             " two different finite numbers")
         score = lambda returns: 100.0 * minari.get_normalized_score(dataset, returns)  # noqa: E731
         reference = (metadata["ref_min_score"], metadata["ref_max_score"])
     card = dict(
@@ -260,14 +274,20 @@ def load_hdf5(task: Task, config) -> OfflineData:
     if task.env_id is None:
         raise UsageError(f"--dataset-path is for the D4RL locomotion tasks; {task.name} is read from Minari"
                          f" ({task.minari_id})")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UsageError(f"no such file: {path}")
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader forever
+        raise UsageError(f"{path} is not a regular file")
     required = ("observations", "actions", "rewards", "terminals", "timeouts")
     try:
         with h5py.File(path, "r") as file:
             missing = [key for key in required if key not in file]
             if missing:
                 raise UsageError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
+            declared = sum(file[key].size * file[key].dtype.itemsize for key in (*required, "next_observations")
+                           if key in file and hasattr(file[key], "dtype"))
+            if declared > memory_bytes():
+                raise UsageError(f"{path} declares {declared / 2**30:.0f} GiB of arrays, more than this machine's memory")
             data = {key: np.asarray(file[key]) for key in (*required, "next_observations") if key in file}
             replica = "replica" in str(file.attrs.get("description", "")).lower()  # make_demo_dataset.py's files
     except (OSError, TypeError, ValueError) as error:  # not HDF5, truncated, a group where an array belongs
@@ -279,7 +299,8 @@ def load_hdf5(task: Task, config) -> OfflineData:
     else:  # as D4RL's qlearning_dataset: the next observation is the next row, except after a timeout
         keep = np.flatnonzero(~timeouts[:-1])
         next_observations = data["observations"][keep + 1]
-    episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts)[:-1] + 1]
+    episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts) + 1]
+    episode_starts = episode_starts[episode_starts < len(terminals)]  # a last episode without an end flag is its own
     card = dict(dataset=dict(id=os.path.abspath(path), transitions=len(keep), replica=replica),
                 eval_env=config.eval_env or task.env_id, terminals="the file's terminals (D4RL's)",
                 reward="the file's", score=score_card(task, task.ref_scores))
@@ -306,8 +327,16 @@ def score_card(task: Task, reference: Optional[tuple]) -> str:
     return f"100 (R - {reference[0]}) / ({reference[1]} - {reference[0]})"
 
 
+def memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+LARGEST_VALUE = 1e9  # no physical observation, action or reward of these tasks comes near; 1e30 squares to inf
+
+
 def check_arrays(arrays: dict, source: str):
-    """Numbers only, one row per transition, the right number of dimensions, no NaN or inf (said by array and row)."""
+    """Numbers only, one row per transition, the right number of dimensions, no NaN or inf and no absurd magnitudes
+    (said by array and row)."""
     n = len(arrays["observations"])
     if n == 0:
         raise UsageError(f"{source} holds no transitions")
@@ -321,6 +350,11 @@ def check_arrays(arrays: dict, source: str):
         finite = np.isfinite(value.reshape(n, -1)).all(1)
         if not finite.all():
             raise UsageError(f"{source}: {key} holds NaN or inf (row {int(np.flatnonzero(~finite)[0])})")
+        huge = (np.abs(value.reshape(n, -1)) > LARGEST_VALUE).any(1)
+        if huge.any():
+            row = int(np.flatnonzero(huge)[0])
+            raise UsageError(f"{source}: {key} holds values beyond +-{LARGEST_VALUE:g} (row {row}:"
+                             f" {np.abs(value[row]).max():.3g}), far outside any physical quantity of these tasks")
 
 
 def check_spaces(data: OfflineData, env: gym.Env) -> tuple:
@@ -405,7 +439,13 @@ def load_data(config, task: Task) -> OfflineData:
 def prepare_data(config, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_data(config, task)
-    env = data.make_env()
+    try:
+        env = data.make_env()
+    except UsageError:
+        raise
+    except Exception as error:  # kwargs in a dataset's metadata that the env does not take, a bad time limit
+        raise UsageError(f"the evaluation env {data.card['eval_env']} cannot be made as the dataset's metadata"
+                         f" describes it ({one_line(error)})") from None
     action_low, action_high = check_spaces(data, env)
     data.card["max_episode_steps"] = env.spec.max_episode_steps
     env.close()
@@ -418,6 +458,12 @@ def prepare_data(config, task: Task) -> tuple:
                       observation_std=np.broadcast_to(std, dim).astype(np.float32), action_low=action_low,
                       action_high=action_high)
     action_mid, action_half = (action_high + action_low) / 2, (action_high - action_low) / 2
+    scaled = np.abs((data.actions - action_mid) / action_half)
+    outside = scaled > 1 + 1e-4
+    if outside.any():  # said, not silently clipped: data from another env or another action scale shows here
+        print(f"warning: {outside.any(1).mean():.1%} of the dataset's actions lie outside the evaluation env's bounds (up"
+              f" to {scaled.max():.3g} times the half-range); they are clipped to +-{config.action_clip}",
+              file=sys.stderr, flush=True)
     arrays = dict(
         observations=normalize_observations(data.observations, statistics),
         # the policy acts in [-1, 1]; the released code clips dataset actions to +-0.999

@@ -230,6 +230,13 @@ def test_a_nan_before_the_first_checkpoint_names_none(datasets, tmp_path, capsys
     (["--device", "banana"], "--device banana: use cpu, cuda, cuda:N or auto"),
     (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1, got -1"),
     (["--seed", str(2**32)], "--seed must be in 0 .. 2**32 - 1"),  # numpy's seed range
+    (["--lr", "inf"], "--lr inf: every number must be finite"),
+    (["--alpha", "nan"], "--alpha nan: every number must be finite"),
+    (["--noise-scale", "inf"], "--noise-scale inf: every number must be finite"),
+    (["--batch-size", str(10**9)], "--batch-size (at most 1,000,000) would not fit in memory"),
+    (["--eas-samples", str(10**7)], "--eas-samples (at most 10,000) would not fit in memory"),
+    (["--num-diffusion-steps", str(10**8)], "--num-diffusion-steps (at most 100,000) would not fit in memory"),
+    (["--eval-max-steps", "-3"], "--eval-max-steps must be 0"),
 ])
 def test_bad_flags_are_one_line_and_exit_code_2(flags, message, datasets, tmp_path, capsys):
     assert tiny_run(datasets["pendulum"], tmp_path / "run", *flags) == 2
@@ -283,6 +290,9 @@ def reproduce(*flags, timeout=120):
     (["--tasks", "hoper-medium", "--dry-run"], "unknown task 'hoper-medium'"),
     (["--tasks", "hoper-medium"], "unknown task 'hoper-medium'"),
     (["--seeds", "0", "-1", "--dry-run"], "--seeds must be in 0 .. 2**32 - 1, got 0 -1"),
+    (["--seeds", "0", "0", "--dry-run"], "--seeds and --algos must not repeat a value"),
+    (["--cpus-per-run", "0", "--dry-run"], "--cpus-per-run must be > 0"),
+    (["--cpus-per-run", "-1"], "--cpus-per-run must be > 0"),
 ])
 def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_path):
     process = reproduce("--domains", "adroit", *flags, "--out-dir", str(tmp_path), timeout=30)  # no sweep starts
@@ -291,19 +301,64 @@ def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
+SWEEP = ["--tasks", "antmaze-umaze", "--algos", "iql"]
+
+
+def finished_runs(tmp_path, summaries, seeds=None):
+    """Run folders of the sweep SWEEP --seeds 0 .. n-1 that finished (done.json with the planned command), each
+    holding the given summary.json text."""
+    import reproduce
+
+    seeds = seeds or list(range(len(summaries)))
+    runs = reproduce.plan(reproduce.Args(tasks=["antmaze-umaze"], algos=["iql"], seeds=seeds, out_dir=str(tmp_path)))
+    for run, text in zip(runs, summaries):
+        os.makedirs(run.run_dir)
+        with open(os.path.join(run.run_dir, "summary.json"), "w") as file:
+            file.write(text)
+        with open(os.path.join(run.run_dir, "done.json"), "w") as file:
+            json.dump(dict(command=run.command), file)
+    return runs
+
+
+GOOD_SUMMARY = dict(algo="edp_iql", env="antmaze-umaze", seed=0, rat=90.0, oms=95.0, config=dict(preset="released"),
+                    evaluations=[dict(step=10, normalized_score=90.0)])
+
+
 def test_report_only_skips_a_corrupt_summary_with_a_warning(tmp_path):
-    runs = tmp_path / "runs" / "iql" / "antmaze-umaze"
-    good = dict(algo="edp_iql", env="antmaze-umaze", seed=0, rat=90.0, oms=95.0, config=dict(preset="released"),
-                evaluations=[dict(step=10, normalized_score=90.0)])
-    for seed, text in enumerate([json.dumps(good), '{"algo": "edp_iql", "env": "antm', "[]"]):
-        (runs / f"seed{seed}").mkdir(parents=True)
-        (runs / f"seed{seed}" / "summary.json").write_text(text)
-    process = reproduce("--report-only", "--out-dir", str(tmp_path))
+    wrong_types = dict(GOOD_SUMMARY, rat="90", evaluations=[dict(step=10, normalized_score=None)])
+    texts = [json.dumps(GOOD_SUMMARY), '{"algo": "edp_iql", "env": "antm', "[]", json.dumps(wrong_types)]
+    runs = finished_runs(tmp_path, texts)
+    process = reproduce("--report-only", *SWEEP, "--seeds", "0", "1", "2", "3", "--out-dir", str(tmp_path))
     assert process.returncode == 0, process.stderr
     warnings = process.stderr.strip().splitlines()
-    assert [line.split(" (")[0] for line in warnings] == [f"warning: skipped {runs / f'seed{seed}' / 'summary.json'}"
-                                                          for seed in (1, 2)]
+    assert [line.split(" (")[0] for line in warnings] == [f"warning: skipped {os.path.join(run.run_dir, 'summary.json')}"
+                                                          for run in runs[1:]]
     assert "| antmaze-umaze | 90.0 ± 0.0 | 94.2 | -4.2 | 1 |" in (tmp_path / "table2.md").read_text()
+
+
+def test_a_table_holds_only_finished_runs_of_the_configuration_it_names(tmp_path):
+    """Unfinished runs (no done.json), copies of run folders and runs of other flags never reach a table, and a
+    sweep with other flags refuses an --out-dir whose runs finished with different ones."""
+    import shutil
+
+    runs = finished_runs(tmp_path, [json.dumps(GOOD_SUMMARY)] * 2)
+    os.remove(os.path.join(runs[1].run_dir, "done.json"))  # seed 1 never finished
+    shutil.copytree(runs[0].run_dir, runs[0].run_dir + ".bak")  # a copy is no seed
+    process = reproduce("--report-only", *SWEEP, "--seeds", "0", "1", "--out-dir", str(tmp_path))
+    assert process.returncode == 0, process.stderr
+    assert "| antmaze-umaze | 90.0 ± 0.0 | 94.2 | -4.2 | 1 |" in (tmp_path / "table2.md").read_text()
+    other = reproduce(*SWEEP, "--seeds", "0", "--out-dir", str(tmp_path), "--script-args=--total-steps 5", timeout=60)
+    assert other.returncode == 2
+    one_line_error(other.stderr, "holds a finished run of another configuration")
+    assert "WARNING" not in (tmp_path / "table2.md").read_text()
+
+
+def test_a_table_says_when_its_runs_trained_on_replicas(tmp_path):
+    replica = dict(GOOD_SUMMARY, task=dict(dataset=dict(id="D4RL/antmaze/umaze-v1", replica=True)))
+    finished_runs(tmp_path, [json.dumps(replica)])
+    assert reproduce("--report-only", *SWEEP, "--seeds", "0", "--out-dir", str(tmp_path)).returncode == 0
+    caption = (tmp_path / "table2.md").read_text().splitlines()[0]
+    assert caption.startswith("Preset: released (1 runs)") and "1 runs trained on structural REPLICAS" in caption
 
 
 def test_a_sweep_with_a_failed_run_writes_the_tables_and_exits_non_zero(datasets, tmp_path):
@@ -325,3 +380,204 @@ def test_reproduce_address_where_nothing_listens_fails_fast(datasets, tmp_path):
                         "--address", f"127.0.0.1:{port}", timeout=60)
     assert process.returncode == 2 and time.time() - start < 30
     one_line_error(process.stderr, f"--address 127.0.0.1:{port}: no Ray cluster answers there")
+
+
+# -- nothing silently wrong (issue 20) ------------------------------------------------------------------
+def test_eval_only_applies_every_flag_given_even_at_its_default(datasets, tmp_path, capsys):
+    """Trained with seed 5, noise 0.5, DDPM: --eval-only --seed 0 --noise-scale 1.0 --sampler dpm evaluates with
+    those (the defaults' values), and says so."""
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir, "--seed", "5", "--noise-scale", "0.5", "--sampler", "ddpm",
+                    "--num-diffusion-steps", "25", steps=5) == 0
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(run_dir), "--seed", "0", "--noise-scale", "1.0",
+                    "--sampler", "dpm", "--eval-episodes", "1") == 0
+    report = json.loads((run_dir / "eval_checkpoint_last.json").read_text())
+    assert report["overrides"] == dict(seed=0, noise_scale=1.0, sampler="dpm", eval_episodes=1)
+    assert (report["config"]["seed"], report["config"]["noise_scale"], report["config"]["sampler"]) == (0, 1.0, "dpm")
+
+
+def write_hopper(path, rewards_sign=1.0, **kwargs):
+    from test_scripts import write_hopper_hdf5
+    import numpy as np
+
+    rewards = np.random.default_rng(1).uniform(0, 3, 90).astype(np.float32) * rewards_sign
+    return write_hopper_hdf5(path, rewards=rewards, **kwargs)
+
+
+def test_resume_refuses_other_data_naming_what_changed(tmp_path, capsys):
+    data = tmp_path / "hopper.hdf5"
+    write_hopper(data)
+    flags = ["--env", "hopper-medium", "--dataset-path", str(data), "--run-dir", str(tmp_path / "run"), *TINY,
+             "--eval-every", "5", "--eval-episodes", "1", "--eval-max-steps", "5"]
+    assert run_main("edp_td3", *flags, "--total-steps", "5") == 0
+    card = summary(tmp_path / "run")["task"]
+    assert card["dataset"]["id"] == str(data) and len(card["dataset"]["fingerprint"]) == 32
+    write_hopper(data, rewards_sign=-1.0)  # the same file, rewards negated
+    capsys.readouterr()
+    assert run_main("edp_td3", *flags, "--total-steps", "10", "--resume") == 2
+    one_line_error(capsys.readouterr().err, "the data differ from those", "dataset fingerprint")
+
+
+def test_a_last_d4rl_episode_without_an_end_flag_keeps_its_own_return(tmp_path):
+    """Returns feed the `returns` reward scale: the last, unflagged episode must not merge into the one before."""
+    import h5py
+    import numpy as np
+
+    import tasks
+    from test_scripts import resolve
+
+    path = write_hopper(tmp_path / "hopper.hdf5")
+    with h5py.File(path, "a") as file:
+        timeouts = np.asarray(file["timeouts"])
+        timeouts[-1] = False  # the file ends mid-episode
+        file["timeouts"][...] = timeouts
+        rewards = np.asarray(file["rewards"], dtype=np.float64)
+    data = tasks.load_hdf5(tasks.TASKS["hopper-medium"], resolve("edp_td3", "hopper-medium", dataset_path=str(path)))
+    np.testing.assert_allclose(data.episode_returns, [rewards[:30].sum(), rewards[30:60].sum(), rewards[60:].sum()],
+                               rtol=1e-6)
+
+
+def test_a_fifo_in_place_of_the_data_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "hopper.hdf5"
+    os.mkfifo(fifo)
+    start = time.time()
+    assert run_main("edp_td3", "--env", "hopper-medium", "--dataset-path", str(fifo), "--run-dir",
+                    str(tmp_path / "run"), *TINY) == 2
+    one_line_error(capsys.readouterr().err, "is not a regular file")
+    assert time.time() - start < 30
+
+
+def test_absurd_observations_are_named_not_left_to_become_a_nan_loss(tmp_path, capsys):
+    import h5py
+
+    path = write_hopper(tmp_path / "hopper.hdf5")
+    with h5py.File(path, "a") as file:
+        file["observations"][7, 2] = 1e30
+    assert run_main("edp_td3", "--env", "hopper-medium", "--dataset-path", str(path), "--run-dir",
+                    str(tmp_path / "run"), *TINY) == 2
+    one_line_error(capsys.readouterr().err, "observations holds values beyond +-1e+09 (row 7: 1e+30)")
+
+
+def test_actions_outside_the_envs_bounds_are_said(tmp_path, capsys):
+    import h5py
+
+    path = write_hopper(tmp_path / "hopper.hdf5")
+    with h5py.File(path, "a") as file:
+        file["actions"][3] = [3.0, 0.0, 0.0]  # Hopper's bounds are +-1
+    assert run_main("edp_td3", "--env", "hopper-medium", "--dataset-path", str(path), "--run-dir",
+                    str(tmp_path / "run"), *TINY, "--total-steps", "2", "--eval-every", "2", "--eval-episodes", "1",
+                    "--eval-max-steps", "3") == 0
+    assert "1.1% of the dataset's actions lie outside the evaluation env's bounds (up to 3 times" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("low, high", [(1.0, 1.0), (float("nan"), 1.0), ("zero", 1.0)])
+def test_reference_scores_that_cannot_score_are_refused_when_loaded(low, high, datasets, tmp_path, capsys):
+    import minari
+    from minari.storage import get_dataset_path
+
+    copy = "edp/pendulum-badref-v0"
+    import shutil
+
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), get_dataset_path(copy))
+    try:
+        metadata_path = os.path.join(get_dataset_path(copy), "data", "metadata.json")
+        metadata = json.loads(open(metadata_path).read())
+        metadata |= dict(dataset_id=copy, ref_min_score=low, ref_max_score=high)
+        with open(metadata_path, "w") as file:
+            file.write(json.dumps(metadata).replace("NaN", "NaN"))
+        assert run_main("edp_td3", "--env", copy, "--run-dir", str(tmp_path / "run"), *TINY) == 2
+        one_line_error(capsys.readouterr().err, "reference scores", "two different finite numbers")
+        assert not (tmp_path / "run").exists()
+    finally:
+        shutil.rmtree(get_dataset_path(copy))
+        assert copy not in minari.list_local_datasets()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c["agent"]["critic_optimizer"].pop("state"), "does not fit this configuration"),
+    (lambda c: c["agent"]["policy"].__setitem__(next(iter(c["agent"]["policy"])), torch.zeros(3, 3)),
+     "does not fit this configuration"),
+    (lambda c: c["config"].__setitem__("eval_episodes", "ten"), "values of the wrong type: --eval-episodes = 'ten'"),
+    (lambda c: c["statistics"]["observation_mean"].fill_(float("nan")), "statistics hold NaN or inf"),
+])
+def test_a_checkpoint_of_data_that_does_not_fit_is_one_line(damage, message, datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir, steps=10) == 0
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    damage(checkpoint)
+    torch.save(checkpoint, run_dir / "checkpoint_last.pt")
+    capsys.readouterr()
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(run_dir)) == 2
+    one_line_error(capsys.readouterr().err, message)
+
+
+def test_a_stop_during_a_very_long_evaluation_ends_the_run_within_seconds(datasets, tmp_path):
+    """A time limit of a million steps: the stop is honoured inside the evaluation, the last good checkpoint stays."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000", "--eval-every",
+               "5", "--run-dir", str(run_dir), *TINY, "--eval-max-steps", "1000000", "--eval-episodes", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the task card is printed once the data is loaded: training starts next
+        if line.startswith("task:"):
+            break
+    time.sleep(8)  # 5 steps, then the evaluation of a million steps
+    start = time.time()
+    returncode, stderr = stop(process)
+    assert returncode == 130 and time.time() - start < 10, stderr
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["agent"]["step"] >= 5 and checkpoint["evaluations"] == []
+
+
+def test_ctrl_c_during_start_up_is_one_line(datasets, tmp_path):
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir", str(tmp_path / "run"), *TINY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the configuration is printed before the data are read
+        if line.startswith("edp_td3 configuration"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "stopped during start-up; no checkpoint was written"
+
+
+# -- make_demo_dataset.py never destroys what it did not make ------------------------------------------------
+def make_demo(*flags, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "make_demo_dataset.py"), *flags], capture_output=True,
+                          text=True, cwd=cwd or ROOT, timeout=300)
+
+
+def test_a_replica_never_replaces_a_dataset_it_did_not_make(datasets, tmp_path):
+    """A real download under D4RL/pen/human-v2 (here: a copy of another dataset, by another author) stays."""
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    folder = tmp_path / "minari"
+    target = folder / "D4RL" / "pen" / "human-v2"
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), target)
+    metadata_path = target / "data" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) | dict(dataset_id="D4RL/pen/human-v2", author=["Farama"])
+    metadata_path.write_text(json.dumps(metadata))
+    before = {path: os.path.getmtime(path) for path in target.rglob("*")}
+    process = subprocess.run([sys.executable, os.path.join(ROOT, "make_demo_dataset.py"), "pen-human", "--episodes", "1",
+                              "--max-steps", "5"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env=os.environ | dict(MINARI_DATASETS_PATH=str(folder)))
+    assert process.returncode == 2
+    one_line_error(process.stderr, "did not make (a real download?)")
+    assert {path: os.path.getmtime(path) for path in target.rglob("*")} == before
+
+
+def test_an_existing_hdf5_file_is_replaced_only_with_overwrite(tmp_path):
+    path = tmp_path / "hopper.hdf5"
+    path.write_text("the user's file")
+    process = make_demo("hopper", "--path", str(path), "--episodes", "1", "--max-steps", "5")
+    assert process.returncode == 2 and path.read_text() == "the user's file"
+    one_line_error(process.stderr, "exists; pass --overwrite")
+    assert make_demo("hopper", "--path", str(path), "--episodes", "1", "--max-steps", "5", "--overwrite").returncode == 0
+
+
+@pytest.mark.parametrize("flags", [["--episodes", "-1"], ["--episodes", "0"], ["--max-steps", "0"]])
+def test_impossible_dataset_sizes_are_one_line(flags, tmp_path):
+    process = make_demo("pendulum", *flags, cwd=tmp_path)
+    assert process.returncode == 2
+    one_line_error(process.stderr, "--episodes and --max-steps must be at least 1")
