@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch.optim.adam import adam as functional_adam  # a module-level name: torch.compile traces it
 
 from diffusion import Mish, energy_based_action_selection
+from tasks import UsageError, one_line
 
 
 # ==============================================================================================
@@ -54,6 +55,15 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
                           if group.get(key)})
     if unsupported:
         raise TypeError(f"adam_step does not implement Adam's {', '.join(unsupported)} option")
+
+
+def make_capturable(optimizer: torch.optim.Adam, capturable: bool = True) -> None:
+    """Adam with its step counts on the parameters' device, as a CUDA graph needs (torch refuses it on CPU)."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+    for param, state in optimizer.state.items():
+        if "step" in state:
+            state["step"] = state["step"].to(param.device if capturable else "cpu")
 
 
 def init_adam_state(optimizer: torch.optim.Adam) -> None:
@@ -115,6 +125,45 @@ def update_ema_policy(ema_policy: nn.Module, policy: nn.Module, step: torch.Tens
 
 
 # ==============================================================================================
+# Compiling: when it pays, and whether it can
+# ==============================================================================================
+# --compile auto compiles a run with at least this many steps to go. Break-even on a 2-core CPU (README, Speed):
+# compiling costs 30-100 s and saves 12-15 ms a step (1.6x), so it pays after 2,000-8,000 steps; 50,000 keeps a
+# margin of 6x over the worst and leaves the quick-start (6,000 steps), the tests and --eval-only eager.
+AUTO_COMPILE_STEPS = 50_000
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels here, or None. CPU: inductor needs a C++ compiler ($CXX or g++);
+    CUDA: triton, which ships with torch's CUDA wheels."""
+    if device.type == "cuda":
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as error:  # InvalidCxxCompiler: none on PATH, or $CXX names none
+        return f"no working C++ compiler for torch.compile on CPU ({one_line(error)})"
+    return None
+
+
+def should_compile(choice: str, steps_left: int, device: torch.device) -> bool:
+    """--compile on / off force it; auto compiles runs of AUTO_COMPILE_STEPS or more steps where it can, and says
+    in one line when it cannot."""
+    if choice == "off":
+        return False
+    problem = compiler_problem(device)
+    if choice == "on" and problem:
+        raise UsageError(f"--compile on: {problem}; install one (e.g. g++) or use --compile off")
+    if choice == "auto" and steps_left < AUTO_COMPILE_STEPS:
+        return False
+    if problem:
+        print(f"warning: --compile auto: {problem}; training eager (slower)", flush=True)
+        return False
+    return True
+
+
+# ==============================================================================================
 # The agent base: acting, compiling, checkpoint state
 # ==============================================================================================
 class Agent:
@@ -129,15 +178,20 @@ class Agent:
 
     def compile(self) -> None:
         """torch.compile update() into one graph (no graph breaks: sampler loop unrolled, optimiser steps included)
-        and act() likewise; random draws stay torch's eager ones, so a compiled update computes what an eager one does."""
+        and act() likewise; random draws stay torch's eager ones, so a compiled update computes what an eager one does.
+        On CUDA the optimisers become capturable (their step counts on the device) and both graphs are captured as
+        CUDA graphs (mode="reduce-overhead"): no host sync and one launch per step. UNTESTED here: no GPU."""
         torch._dynamo.config.trace_autograd_ops = True  # autograd.grad inside the graph
         torch._dynamo.config.specialize_float = True  # the solver's host floats are constants (else a guard bug, torch 2.13)
+        cuda = self.step_count.device.type == "cuda"
         for name in self.checkpointed:
-            if isinstance(getattr(self, name), torch.optim.Optimizer):
-                init_adam_state(getattr(self, name))
-        options = dict(fullgraph=True, options=dict(fallback_random=True))
+            optimizer = getattr(self, name)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                make_capturable(optimizer, cuda)
+                init_adam_state(optimizer)
+        options = dict(fullgraph=True, options=dict(fallback_random=True), mode="reduce-overhead" if cuda else None)
         self.update = torch.compile(self.update, dynamic=False, **options)  # one batch shape
-        self.act = torch.compile(self.act, **options)  # evaluation acts on fewer states as episodes end: one recompile
+        self.act = torch.compile(self.act, dynamic=False, **options)  # the Evaluator acts on every episode's state
 
     @property
     def sample_kwargs(self) -> dict:

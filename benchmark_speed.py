@@ -29,7 +29,9 @@ whole update and EAS acting, each one graph), with their compile time and their 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -44,7 +46,7 @@ import tyro
 from torch.utils.flop_counter import FlopCounterMode
 
 import edp_td3
-from agents import TwinCritic, mlp, polyak
+from agents import TwinCritic, mlp, polyak, should_compile
 from config import resolve_config
 from evaluation import Evaluator
 from runs import CpuThreads
@@ -300,6 +302,45 @@ def compiled_row(name: str, batch: dict, device: torch.device, iterations: int, 
                 sample_sps=sample_sps(agent, device, env_steps, repeats), compile_s=compile_seconds)
 
 
+def default_row(batch: dict, device: torch.device, iterations: int, repeats: int, env_steps: int, seed: int) -> dict:
+    """EDP as a default paper run trains it: --compile auto on a 2,000,000-step run (compiled where a compiler
+    works). Compile time cold (an empty inductor cache) and warm (a second agent compiled from the cache)."""
+    import tempfile
+
+    num_steps, schedule, action_approx, sampler = VARIANTS["edp"]
+    config = make_config(str(device), num_steps, schedule, action_approx, sampler)
+    compiled = should_compile(config.compile, 2_000_000, device)
+    seconds = []
+    with tempfile.TemporaryDirectory() as cache, patched_environment(TORCHINDUCTOR_CACHE_DIR=cache):
+        for _ in range(2 if compiled else 1):  # cold, then warm
+            torch._dynamo.reset()
+            torch.manual_seed(seed)
+            agent = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, config, device)
+            start = time.perf_counter()
+            if compiled:
+                agent.compile()
+                agent.update(batch)
+                agent.act(torch.zeros(1, STATE_DIM, device=device))  # sample_sps acts on one state
+                synchronize(device)
+            seconds.append(time.perf_counter() - start)
+        row = dict(train_ips=train_ips(agent, batch, device, iterations, repeats),
+                   sample_sps=sample_sps(agent, device, env_steps, repeats))
+    return row | dict(num_diffusion_steps=num_steps, schedule=schedule, sampler=sampler, steps=config.dpm_steps,
+                      compiled=compiled, compile_cold_s=seconds[0] if compiled else 0.0,
+                      compile_warm_s=seconds[-1] if compiled else 0.0)
+
+
+@contextlib.contextmanager
+def patched_environment(**values):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
 def update_flops(agent, batch: dict) -> int:
     with FlopCounterMode(display=False) as counter:
         agent.update(batch)
@@ -329,6 +370,10 @@ def plot(results: dict, path: str):
 
 
 def main(args: Args) -> dict:
+    if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        print(f"error: --device {args.device}: use cpu, auto, or cuda where torch sees a CUDA device"
+              f" ({'it sees one' if torch.cuda.is_available() else 'it sees none'})", file=sys.stderr)
+        sys.exit(2)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(args.seed)
@@ -348,6 +393,10 @@ def main(args: Args) -> dict:
                                          steps=config.dpm_steps if sampler == "dpm" else num_steps)
         print(f"{name:11s} K={num_steps:<5d} {sampler:4s} train {results['variants'][name]['train_ips']:8.2f} it/s"
               f"   sample {results['variants'][name]['sample_sps']:8.2f} steps/s", flush=True)
+    results["variants"]["default"] = row = default_row(batch, device, iterations, repeats, env_steps, args.seed)
+    print(f"{'default':11s} {'compiled' if row['compiled'] else 'eager':12s} train {row['train_ips']:8.2f} it/s"
+          f"   sample {row['sample_sps']:8.2f} steps/s   compile {row['compile_cold_s']:.0f} s cold,"
+          f" {row['compile_warm_s']:.0f} s warm", flush=True)
     feed_forward = TD3BCFeedForward(make_config(str(device)), device)
     results["variants"]["td3bc_ff"] = dict(train_ips=train_ips(feed_forward, batch, device, iterations * 5, repeats),
                                            sample_sps=sample_sps(feed_forward, device, env_steps * 5, repeats),

@@ -112,8 +112,8 @@ class CommonArgs:
     """wandb entity (team or user) of the run (default: your wandb default)"""
     log_every: int = 1000
     """gradient steps between training-metric logs"""
-    compile: bool = False
-    """torch.compile the whole update step and EAS acting, each one graph (about a minute to compile on a CPU; see README, Speed)"""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the update step and EAS acting, each one graph: auto compiles runs of 50,000 steps or more to go (break-even on a 2-core CPU: 2,000-8,000 steps; README, Speed) where a compiler works; on / off force it"""
     torch_deterministic: bool = True
     """deterministic torch kernels: the same seed gives the same numbers on the same machine"""
     capture_video: bool = False
@@ -124,6 +124,16 @@ class CommonArgs:
     """checkpoint for --eval-only, e.g. <run-dir>/checkpoint_best.pt"""
     threads: int = 0
     """torch's CPU threads: 0 adapts (all while the run has the CPUs, 1 while other processes are busy), N fixes N"""
+
+
+@dataclass
+class LikelihoodArgs(CommonArgs):
+    """The flags of the algorithms that train the policy by weighted likelihood (Eq. 11): CRR and IQL."""
+
+    likelihood: Literal["gaussian", "elbo"] = "gaussian"
+    """log pi surrogate: gaussian N(a; a0_hat, sigma^2 I) (Eq. 13) or elbo (Eq. 12)"""
+    learn_std: bool = False
+    """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
 
 
 # ==============================================================================================

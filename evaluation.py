@@ -75,9 +75,11 @@ class Evaluator:
             if stop():
                 raise EvaluationStopped
             active = ~finished
-            state = normalize_observations(flatten_observation(observation)[active], self.statistics)
+            # every episode's state, ended ones too (their actions are ignored): one batch shape, so a compiled act()
+            # never recompiles as episodes end
+            state = normalize_observations(flatten_observation(observation), self.statistics)
             policy_action = act(torch.as_tensor(state, dtype=torch.float32, device=self.device)).cpu().numpy()
-            action[active] = (high + low) / 2 + (high - low) / 2 * policy_action
+            action[active] = ((high + low) / 2 + (high - low) / 2 * policy_action)[active]
             observation, reward, terminated, truncated, info = self.envs.step(action)
             returns[active] += reward[active]
             lengths[active] += 1

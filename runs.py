@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import tyro
 
+from agents import should_compile
 from config import flag, resolve_config
 from evaluation import EvaluationStopped, Evaluator, summarize
 from tasks import UsageError, find_task, one_line, prepare_data
@@ -232,9 +233,17 @@ def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoi
                 torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
             raise UsageError(f"{path} does not fit this configuration ({one_line(error)})") from None
-    if config.compile:
-        agent.compile()
     return agent
+
+
+def compile_if_it_pays(agent, config, steps_left: int) -> float:
+    """--compile: compile the agent when it pays (agents.should_compile); returns when compiling began, or 0."""
+    if not should_compile(config.compile, steps_left, torch.device(config.device)):
+        return 0.0
+    print(f"compiling the update step and EAS acting (--compile {config.compile}, {steps_left:,} steps to go);"
+          " the first step takes a while", flush=True)
+    agent.compile()
+    return time.perf_counter()
 
 
 class CpuThreads:
@@ -344,6 +353,7 @@ class Run:
         from tqdm import tqdm
 
         self.agent = restore(agent, self.checkpoint, self.config, os.path.join(self.run_dir, "checkpoint_last.pt"))
+        self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - agent.step)
         self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
                              mininterval=1.0)
         self.exits.callback(self.progress.close)
@@ -371,6 +381,9 @@ class Run:
         self.metric_sums = {key: self.metric_sums.get(key, 0.0) + value for key, value in metrics.items()}
         self.metric_count += 1
         self.progress.update(1)
+        if self.compile_started:  # the first compiled step has run: it compiled the graph
+            self.progress.write(f"compiled the update step in {time.perf_counter() - self.compile_started:.0f} s")
+            self.compile_started = 0.0
         if step % self.config.log_every == 0 or self.evaluation_due(step):
             self.check_finite()
             self.wandb.log({f"train/{key}": (value / self.metric_count).item() for key, value in self.metric_sums.items()},
@@ -453,6 +466,7 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
     agent = agent_class(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config,
                         torch.device(config.device))
     restore(agent, checkpoint, config, path)
+    compile_if_it_pays(agent, config, 0)  # one evaluation: only --compile on compiles
     folder = os.path.dirname(os.path.abspath(path))
     evaluator = make_evaluator(config, data, statistics, task, os.path.join(folder, "videos"))
     try:

@@ -36,8 +36,8 @@ def one_line_error(stderr, *fragments, trained=False):
 
 def start_slow_run(run_dir, env):
     """A run of hours in its own process; returns once it has written its first evaluation."""
-    command = [sys.executable, "edp_td3.py", "--env", env, "--total-steps", "100000", "--eval-every", "5",
-               "--run-dir", str(run_dir), *TINY]
+    command = [sys.executable, "edp_td3.py", "--env", env, "--total-steps", "100000", "--compile", "off",
+               "--eval-every", "5", "--run-dir", str(run_dir), *TINY]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run_dir / "summary.json").exists():
@@ -514,8 +514,8 @@ def test_a_checkpoint_of_data_that_does_not_fit_is_one_line(damage, message, dat
 def test_a_stop_during_a_very_long_evaluation_ends_the_run_within_seconds(datasets, tmp_path):
     """A time limit of a million steps: the stop is honoured inside the evaluation, the last good checkpoint stays."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000", "--eval-every",
-               "5", "--run-dir", str(run_dir), *TINY, "--eval-max-steps", "1000000", "--eval-episodes", "1"]
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000", "--compile", "off",
+               "--eval-every", "5", "--run-dir", str(run_dir), *TINY, "--eval-max-steps", "1000000", "--eval-episodes", "1"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # the task card is printed once the data is loaded: training starts next
         if line.startswith("task:"):

@@ -162,7 +162,7 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(script, datasets, tmp_
 
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(datasets, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000",
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "100000", "--compile", "off",
                "--eval-every", "5", "--run-dir", str(run_dir), *TINY]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -351,14 +351,36 @@ def test_compile_flag_trains_and_evaluates_as_eager_does(datasets, tmp_path):
     """The same seed with and without --compile: the same scores to float noise (the compiled update draws torch's
     eager random numbers; tests/test_compile.py compares the numbers of one update); --eval-only --compile too."""
     scores = {}
-    for name, flags in [("eager", []), ("compiled", ["--compile"])]:
+    for name, flags in [("eager", []), ("compiled", ["--compile", "on"])]:
         assert run_main("edp_td3", "--env", datasets["pendulum"], "--total-steps", "20", "--eval-every", "10",
                         "--run-dir", str(tmp_path / name), *flags, *TINY) == 0
         scores[name] = [evaluation["normalized_score"] for evaluation in summary(tmp_path / name)["evaluations"]]
     assert scores["compiled"] == pytest.approx(scores["eager"], abs=0.5)  # seen here: 0.014 apart at most (of 18)
-    assert run_main("edp_td3", "--eval-only", "--run-dir", str(tmp_path / "compiled"), "--compile") == 0
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(tmp_path / "compiled"), "--compile", "on") == 0
     report = json.loads((tmp_path / "compiled" / "eval_checkpoint_last.json").read_text())
     assert report["result"]["normalized_score"] == scores["compiled"][-1]
+
+
+def test_compile_auto_compiles_long_runs_only_and_falls_back_to_eager_without_a_compiler(monkeypatch, capsys):
+    """--compile auto: a paper run (a million steps) compiles, the quick-start (6,000) and --eval-only do not; with
+    no C++ compiler (what inductor reads: $CXX at import, torch._inductor.config.cpp.cxx) auto says so in one line
+    and trains eager, and --compile on is refused in one line."""
+    import torch._inductor.config
+
+    import tasks
+    from agents import AUTO_COMPILE_STEPS, should_compile
+
+    cpu = torch.device("cpu")
+    assert should_compile("auto", 1_000_000, cpu) and should_compile("on", 0, cpu)
+    assert not should_compile("auto", 6_000, cpu) and not should_compile("off", 1_000_000, cpu)
+    assert 6_000 < AUTO_COMPILE_STEPS < 1_000_000
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
+    capsys.readouterr()
+    assert not should_compile("auto", 1_000_000, cpu)
+    warning = capsys.readouterr().out.strip()
+    assert warning.startswith("warning: --compile auto: no working C++ compiler") and "\n" not in warning
+    with pytest.raises(tasks.UsageError, match="--compile on: no working C\\+\\+ compiler"):
+        should_compile("on", 10, cpu)
 
 
 def test_a_dataset_naming_code_outside_gymnasium_as_its_eval_env_runs_nothing(datasets, tmp_path, capsys):
