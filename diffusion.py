@@ -253,6 +253,16 @@ class DiffusionPolicy(nn.Module):
         squared_error = (approximation.noise - approximation.predicted_noise).pow(2).sum(dim=-1)
         return -self.elbo_weights[approximation.step] * squared_error
 
+    def weighted_likelihood_loss(self, action: torch.Tensor, approximation: ActionApproximation, weight: torch.Tensor,
+                                 surrogate: str = "gaussian") -> torch.Tensor:
+        """Eq. 11's loss -E[f * log pi(a|s)] with the weight f (B, 1) given and log pi replaced by the Gaussian
+        surrogate (Eq. 13) or the ELBO (Eq. 12)."""
+        if surrogate == "gaussian":
+            log_likelihood = self.gaussian_log_likelihood(action, approximation)
+        else:
+            log_likelihood = self.elbo_log_likelihood(approximation)
+        return -(weight.squeeze(1) * log_likelihood).mean()
+
     # -- sampling --------------------------------------------------------------------------------
     def sample(
         self,

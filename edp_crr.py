@@ -18,7 +18,7 @@ import copy
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +33,10 @@ ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py 
 
 
 # ==============================================================================================
-# Command line: the flags of every script (config.CommonArgs), then CRR's own
+# Command line: the flags of every script and of likelihood training (config.py), then CRR's own
 # ==============================================================================================
 @dataclass
-class Args(shared.CommonArgs):
-    likelihood: Literal["gaussian", "elbo"] = "gaussian"
-    """log pi surrogate: gaussian N(a; a0_hat, sigma^2 I) (Eq. 13) or elbo (Eq. 12)"""
-    learn_std: bool = False
-    """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
+class Args(shared.LikelihoodArgs):
     beta: float = 1.0
     """CRR temperature: weight exp(A / beta) (App. A.2)"""
     weight_clip: float = 20.0
@@ -104,12 +100,8 @@ class EDPCRR(Agent):
             samples = samples + sigma * torch.randn_like(samples)  # a_j ~ N(a0_hat, sigma^2 I), unclipped as the authors'
             q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
             weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
-        if self.config.likelihood == "gaussian":
-            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
-        else:
-            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
+        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood)  # Eq. 20
         diffusion_loss = approximation.diffusion_loss()
-        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11 / Eq. 20
         return diffusion_loss + self.config.eta * weighted_loss, diffusion_loss, weighted_loss, weight
 
     def update(self, batch: dict) -> dict:

@@ -19,7 +19,7 @@ import copy
 import os
 import sys
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +34,10 @@ ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py 
 
 
 # ==============================================================================================
-# Command line: the flags of every script (config.CommonArgs), then IQL's own
+# Command line: the flags of every script and of likelihood training (config.py), then IQL's own
 # ==============================================================================================
 @dataclass
-class Args(shared.CommonArgs):
-    likelihood: Literal["gaussian", "elbo"] = "gaussian"
-    """log pi surrogate: gaussian N(a; a0_hat, sigma^2 I) (Eq. 13) or elbo (Eq. 12)"""
-    learn_std: bool = False
-    """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
+class Args(shared.LikelihoodArgs):
     expectile: Optional[float] = None
     """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3; released: 0.7)"""
     beta: Optional[float] = None
@@ -115,12 +111,8 @@ class EDPIQL(Agent):
         approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
         with torch.no_grad():
             weight = iql_weights(target_q, self.value(state), self.config.beta, self.config.weight_clip)
-        if self.config.likelihood == "gaussian":
-            log_likelihood = self.policy.gaussian_log_likelihood(action, approximation)  # Eq. 13
-        else:
-            log_likelihood = self.policy.elbo_log_likelihood(approximation)  # Eq. 12
+        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood)  # Eq. 11
         diffusion_loss = approximation.diffusion_loss()
-        weighted_loss = -(weight.squeeze(1) * log_likelihood).mean()  # Eq. 11
         policy_loss = diffusion_loss + self.config.eta * weighted_loss
         policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)
 
