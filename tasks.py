@@ -162,6 +162,7 @@ class OfflineData:
     make_env: Callable[..., gym.Env]  # keyword arguments go to gym.make (render_mode)
     score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     card: dict  # what was loaded and how it is scored (the task card; prepare_data completes it)
+    spaces: Optional[tuple] = None  # the (observation, action) spaces the dataset records (Minari), or None
 
 
 def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
@@ -264,7 +265,8 @@ def load_minari(task: Task, config) -> OfflineData:
         else "the dataset's",
         score=score_card(task, reference))
     return OfflineData(**arrays, episode_returns=np.array([rewards.sum() for rewards in columns["rewards"]]),
-                       score=score, make_env=make_env, card=card)
+                       score=score, make_env=make_env, card=card,
+                       spaces=(dataset.spec.observation_space, dataset.spec.action_space))
 
 
 def load_hdf5(task: Task, config) -> OfflineData:
@@ -368,6 +370,11 @@ def check_spaces(data: OfflineData, env: gym.Env) -> tuple:
             f" the evaluation env {env.spec.id if env.spec else env} (observation {observation_dim},"
             f" action {env.action_space.shape[0]})"
         )
+    for kind, recorded, evaluated in zip(("observation", "action"), data.spaces or (), (env.observation_space,
+                                                                                       env.action_space)):
+        if recorded != evaluated:  # the same sizes, but not the same space: say what was found
+            print(f"warning: the dataset records the {kind} space {recorded}; the evaluation env"
+                  f" {env.spec.id if env.spec else env} has {evaluated}", file=sys.stderr, flush=True)
     return env.action_space.low.astype(np.float32), env.action_space.high.astype(np.float32)
 
 

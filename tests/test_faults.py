@@ -581,3 +581,27 @@ def test_impossible_dataset_sizes_are_one_line(flags, tmp_path):
     process = make_demo("pendulum", *flags, cwd=tmp_path)
     assert process.returncode == 2
     one_line_error(process.stderr, "--episodes and --max-steps must be at least 1")
+
+
+def test_a_dataset_whose_spaces_only_have_the_right_sizes_is_said(datasets, tmp_path, capsys):
+    """The dataset records its spaces; an evaluation env whose spaces merely have the same sizes is named."""
+    import shutil
+
+    from minari.storage import get_dataset_path
+
+    copy = "edp/pendulum-otherspace-v0"
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), get_dataset_path(copy))
+    try:
+        metadata_path = os.path.join(get_dataset_path(copy), "data", "metadata.json")
+        metadata = json.loads(open(metadata_path).read())
+        metadata |= dict(dataset_id=copy, action_space=json.dumps(dict(type="Box", dtype="float32", shape=[1], low=[-1.0],
+                                                                       high=[1.0])))
+        with open(metadata_path, "w") as file:
+            json.dump(metadata, file)
+        assert tiny_run(copy, tmp_path / "run", steps=2) == 0
+        error = capsys.readouterr().err
+        assert "warning: the dataset records the action space Box(-1.0, 1.0, (1,), float32); the evaluation env" \
+               " Pendulum-v1 has Box(-2.0, 2.0, (1,), float32)" in error
+        assert "observation space" not in error
+    finally:
+        shutil.rmtree(get_dataset_path(copy))

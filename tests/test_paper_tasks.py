@@ -223,3 +223,11 @@ def test_kitchen_demonstrations_end_terminal_as_in_d4rls_data(replicas):
     np.testing.assert_array_equal(np.flatnonzero(data.dones), np.cumsum(lengths) - 1)
     kept = tasks.load_minari(tasks.TASKS["kitchen-complete"], edp_td3.Args(env="kitchen-complete", terminals="dataset"))
     assert kept.dones.sum() == 0
+
+
+@pytest.mark.parametrize("task", ["antmaze-umaze", "pen-human", "kitchen-complete"])
+def test_the_replicas_spaces_are_the_evaluation_envs(task, replicas, capsys):
+    """Minari's recorded spaces equal the evaluation env's: no space warning on the paper's datasets."""
+    config = edp_td3.Args(env=task, device="cpu", normalize_obs="off", action_clip=1.0, reward_transform="none")
+    tasks.prepare_data(config, tasks.TASKS[task])
+    assert "warning" not in capsys.readouterr().err
