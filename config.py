@@ -231,6 +231,8 @@ def check_config(config):
          "--sampler dpm needs --num-diffusion-steps >= 2 (at K = 1 DPM-Solver has no time interval to integrate);"
          " use --sampler ddpm for K = 1"),
         (config.resume and config.run_dir is None, "--resume needs --run-dir, the folder of the run to continue"),
+        (getattr(config, "likelihood", None) == "elbo" and getattr(config, "learn_std", False),
+         "--learn-std learns the sigma of Eq. 13's Gaussian; --likelihood elbo (Eq. 12) has no sigma: drop one of them"),
     ]:
         if wrong:
             raise UsageError(message)
