@@ -290,6 +290,7 @@ def compiled_row(name: str, batch: dict, device: torch.device, iterations: int, 
                  seed: int) -> dict:
     """A variant as --compile runs it: compile time (the first update and the first EAS call), then its speeds."""
     num_steps, schedule, action_approx, sampler = VARIANTS[name]
+    torch._dynamo.reset()  # each row from dynamo's empty cache: EDPTD3.update's recompiles must not reach its limit
     torch.manual_seed(seed)
     agent = edp_td3.EDPTD3(STATE_DIM, ACTION_DIM, make_config(str(device), num_steps, schedule, action_approx, sampler), device)
     agent.compile()
@@ -393,7 +394,8 @@ def main(args: Args) -> dict:
                                          steps=config.dpm_steps if sampler == "dpm" else num_steps)
         print(f"{name:11s} K={num_steps:<5d} {sampler:4s} train {results['variants'][name]['train_ips']:8.2f} it/s"
               f"   sample {results['variants'][name]['sample_sps']:8.2f} steps/s", flush=True)
-    results["variants"]["default"] = row = default_row(batch, device, iterations, repeats, env_steps, args.seed)
+    # the compiled rows run 3x the iterations: at 60 it/s, 20 iterations are a third of a second, too noisy to compare
+    results["variants"]["default"] = row = default_row(batch, device, 3 * iterations, repeats, env_steps, args.seed)
     print(f"{'default':11s} {'compiled' if row['compiled'] else 'eager':12s} train {row['train_ips']:8.2f} it/s"
           f"   sample {row['sample_sps']:8.2f} steps/s   compile {row['compile_cold_s']:.0f} s cold,"
           f" {row['compile_warm_s']:.0f} s warm", flush=True)
@@ -416,7 +418,8 @@ def main(args: Args) -> dict:
     if args.compile:
         results["compiled"] = {}
         for name in COMPILED:
-            results["compiled"][name] = row = compiled_row(name, batch, device, iterations, repeats, env_steps, args.seed)
+            results["compiled"][name] = row = compiled_row(name, batch, device, 3 * iterations, repeats, env_steps,
+                                                           args.seed)
             print(f"{name:11s} compiled in {row['compile_s']:5.1f} s   train {row['train_ips']:8.2f} it/s"
                   f"   sample {row['sample_sps']:8.2f} steps/s", flush=True)
         compiled_edp = results["compiled"]["edp"]

@@ -113,7 +113,7 @@ class CommonArgs:
     log_every: int = 1000
     """gradient steps between training-metric logs"""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the update step and EAS acting, each one graph: auto compiles runs of 50,000 steps or more to go (break-even on a 2-core CPU: 2,000-8,000 steps; README, Speed) where a compiler works; on / off force it"""
+    """torch.compile the update step and EAS acting, each one graph: auto compiles runs of 50,000 steps or more to go (break-even on a 2-core CPU: 1,000-9,000 steps; README, Speed) where a compiler works; on / off force it"""
     torch_deterministic: bool = True
     """deterministic torch kernels: the same seed gives the same numbers on the same machine"""
     capture_video: bool = False
