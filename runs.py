@@ -196,6 +196,9 @@ def saved_config(args_class, checkpoint: dict, path: str):
 
 def check_same_data(card: dict, checkpoint: dict, path: str):
     saved = checkpoint.get("task", {}).get("dataset", {})
+    if not saved:
+        raise UsageError(f"--resume: {path} was made by an earlier version that kept no record of its data, so it"
+                         " cannot be checked to continue on the same data; start a new run")
     for key in ("id", "fingerprint"):
         if saved.get(key) != card["dataset"][key]:
             raise UsageError(f"--resume: the data differ from those {path} was trained on (dataset {key}: saved"

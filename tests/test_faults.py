@@ -605,3 +605,15 @@ def test_a_dataset_whose_spaces_only_have_the_right_sizes_is_said(datasets, tmp_
         assert "observation space" not in error
     finally:
         shutil.rmtree(get_dataset_path(copy))
+
+
+def test_resume_of_a_checkpoint_without_a_record_of_its_data_is_one_line(datasets, tmp_path, capsys):
+    """Checkpoints of earlier versions hold no task card: the data cannot be checked, so the resume is refused."""
+    run_dir = tmp_path / "run"
+    assert tiny_run(datasets["pendulum"], run_dir, steps=10) == 0
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    del checkpoint["task"]
+    torch.save(checkpoint, run_dir / "checkpoint_last.pt")
+    capsys.readouterr()
+    assert tiny_run(datasets["pendulum"], run_dir, "--resume", steps=20) == 2
+    one_line_error(capsys.readouterr().err, "kept no record of its data")
