@@ -287,9 +287,9 @@ ANTMAZE_EVAL_MAPS = {
               [1, 1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 1], [1, 0, 0, 1, 0, 0, 0, 1, 0, G, 0, 1],
               [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]],
 }
-# Reference returns: D4RL's (d4rl/infos.py). scripts/D4RL/adroit/recreate_adroit_pen.py and the kitchen script
-# pass none, the AntMaze script measures them (random policy / its expert on the eval env): see the report.
-D4RL_REF_SCORES = {"kitchen": (0.0, 4.0), "pen": (96.262799, 3076.8331), "antmaze": (0.0, 1.0)}
+# Reference returns: D4RL's (d4rl/infos.py), read from tasks.D4RL_REFERENCE, where the scripts read them (one place).
+# scripts/D4RL/adroit/recreate_adroit_pen.py and the kitchen script pass none, the AntMaze script measures them
+# (random policy / its expert on the eval env): see the report.
 ANTMAZE_SUCCESS_RADIUS = 0.45  # gymnasium_robotics/envs/maze/maze_v4.py compute_reward (D4RL used 0.5)
 
 
@@ -422,7 +422,9 @@ def make_replica(task: str, episodes: int = 3, seed: int = 0, overwrite: bool = 
         setup = replica_episode(replica, env, rng, i, seed)
         data = run_episode(env, lambda obs: env.action_space.sample(), max_steps=max_steps, **setup)
         buffers.append(EpisodeBuffer(id=i, seed=setup["seed"], options=setup.get("options"), **data))
-    low, high = D4RL_REF_SCORES[replica.family]
+    from tasks import D4RL_REFERENCE  # kitchen, pen and antmaze: the families' keys there
+
+    low, high = D4RL_REFERENCE[replica.family]
     write_dataset(
         replica.dataset_id, buffers, env, replica.eval_env_spec(env),
         algorithm_name=f"replica/random-actions ({replica.family})",

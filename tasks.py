@@ -213,6 +213,13 @@ def antmaze_evaluation_goal(make_env: Callable[[], gym.Env]) -> np.ndarray:
     return np.asarray(goals[0], dtype=np.float32)
 
 
+def antmaze_relabel(achieved_goals: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """D4RL's AntMaze reward of each transition of an episode (its T + 1 achieved goals): True where the achieved
+    goal after the step, at t + 1, is within ANTMAZE_RELABEL_RADIUS of the evaluation goal (D4RL
+    scripts/generation/relabel_antmaze_rewards.py:31, 36)."""
+    return np.linalg.norm(achieved_goals[1:] - goal, axis=-1) <= ANTMAZE_RELABEL_RADIUS
+
+
 def load_minari(task: Task, config) -> OfflineData:
     if task.minari_id is None:
         raise UsageError(f"Minari holds no copy of D4RL's {task.name}-v2; download the original HDF5 file (D4RL) and"
@@ -231,8 +238,7 @@ def load_minari(task: Task, config) -> OfflineData:
     try:
         for episode in dataset.iterate_episodes():
             observations = flatten_observation(episode.observations)
-            rewards = episode.rewards if goal is None else (
-                np.linalg.norm(episode.observations["achieved_goal"][1:] - goal, axis=-1) <= ANTMAZE_RELABEL_RADIUS)
+            rewards = episode.rewards if goal is None else antmaze_relabel(episode.observations["achieved_goal"], goal)
             dones = np.asarray(episode.terminations, dtype=bool)
             if d4rl_terminals and task.domain == "antmaze":
                 dones = dones | rewards.astype(bool)  # Minari's are all False (continuing_task=True)
