@@ -49,6 +49,11 @@ class SaveFailed(Exception):
     """A checkpoint or summary.json could not be written (full or read-only disk): exit code 1; the last good files stay."""
 
 
+class Stopped(Exception):
+    """A stop (SIGINT / SIGTERM) before the training loop began (while compiling, or redoing an evaluation on
+    resume): Run.__exit__ saves the checkpoint and ends the run as a stop in the loop would."""
+
+
 # a resumed run keeps its saved configuration; only these flags may differ from it
 RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "wandb_entity",
              "device", "compile", "threads", "capture_video", "torch_deterministic", "resume", "run_dir")
@@ -58,6 +63,8 @@ EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_sc
                     "device", "threads", "capture_video", "compile")
 RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
 CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
+# A checkpoint's "pending_evaluation": the step whose evaluation a stop cut short (None: none). The evaluation belongs
+# to its step, so --resume redoes it before training on: a stopped and resumed run has the straight run's history.
 
 
 # ==============================================================================================
@@ -142,6 +149,28 @@ def read_checkpoint(path: str, purpose: str, algorithm: str) -> dict:
     if checkpoint["algo"] != algorithm:
         raise UsageError(f"{purpose}: {path} belongs to {checkpoint['algo']}, not {algorithm}")
     return checkpoint
+
+
+def checkpoint_evaluations(checkpoint: dict, path: str) -> tuple:
+    """A checkpoint's evaluation history and pending evaluation, checked: a list of evaluations (dicts with an int
+    step and finite scores, steps increasing, none past the checkpoint's step) and None or the checkpoint's step."""
+    evaluations, pending = checkpoint["evaluations"], checkpoint.get("pending_evaluation")
+    step = checkpoint["agent"].get("step") if isinstance(checkpoint["agent"], dict) else None
+    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)  # noqa: E731
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise UsageError(f"{path}: its agent's step is not a step count")
+    if not (isinstance(evaluations, list) and all(
+            isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool)
+            and number(e.get("normalized_score")) and number(e.get("return")) for e in evaluations)):
+        raise UsageError(f"{path}: its evaluations are not a list of evaluations (each a dict with an int step, a"
+                         " finite normalized_score and return)")
+    steps = [e["step"] for e in evaluations]
+    if steps != sorted(set(steps)) or (steps and not 0 < steps[-1] <= step):
+        raise UsageError(f"{path}: its evaluations' steps {steps[:3]}...{steps[-3:]} are not increasing steps up to the"
+                         f" checkpoint's step {step}")
+    if pending is not None and not (pending == step and type(pending) is int and (not steps or steps[-1] < step)):
+        raise UsageError(f"{path}: its pending evaluation {pending!r} is not the checkpoint's step {step}")
+    return evaluations, pending
 
 
 def check_resume(config, checkpoint: dict, path: str, algorithm: str):
@@ -318,6 +347,7 @@ class Run:
         self.checkpoint = read_checkpoint(checkpoint_path, "--resume", self.algorithm) if config.resume else None
         if self.checkpoint is not None:
             check_resume(config, self.checkpoint, checkpoint_path, self.algorithm)
+            checkpoint_evaluations(self.checkpoint, checkpoint_path)  # before the data are read
         self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
         print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
         seed_everything(config)
@@ -331,7 +361,8 @@ class Run:
         self.device = torch.device(config.device)
         self.evaluator = make_evaluator(config, data, self.statistics, self.task, os.path.join(self.run_dir, "videos"))
         self.exits.callback(self.evaluator.close)
-        self.evaluations = self.checkpoint["evaluations"] if self.checkpoint else []
+        self.evaluations, self.pending = (checkpoint_evaluations(self.checkpoint, checkpoint_path) if self.checkpoint
+                                          else ([], None))
         self.wandb_id = self.checkpoint["wandb_id"] if self.checkpoint else secrets.token_hex(4)
         import wandb
 
@@ -360,7 +391,22 @@ class Run:
         self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
                              mininterval=1.0)
         self.exits.callback(self.progress.close)
+        if self.pending is not None:  # a stop cut the evaluation of this step short: it is redone before training on
+            self.evaluate(self.pending)
+        elif self.evaluations and self.evaluations[-1]["step"] == agent.step and not self.published():
+            self.publish(agent.step)  # the save after the last evaluation failed part way (full disk): finish it
+        if self.stopping:
+            raise Stopped
         return agent
+
+    def published(self) -> bool:
+        """Whether summary.json describes the evaluations the checkpoint holds (it is written last)."""
+        try:
+            with open(os.path.join(self.run_dir, "summary.json")) as file:
+                summary = json.load(file)
+            return summary["evaluations"] == self.evaluations and summary["final_step"] == self.evaluations[-1]["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     @property
     def stopping(self) -> bool:
@@ -395,13 +441,16 @@ class Run:
 
     def evaluate(self, step: int):
         """Energy-based action selection in the evaluation env; then checkpoint_last.pt (and checkpoint_best.pt at
-        a new best) and summary.json. A stop during the evaluation abandons it."""
+        a new best) and summary.json. A stop during the evaluation leaves it pending: the stop checkpoint records
+        it, and --resume redoes it before training on."""
         import wandb
 
+        self.pending = step
         try:
             result = self.evaluator(self.agent.act, step, name=f"step{step}", stop=lambda: self.stopping)
         except EvaluationStopped:
             return
+        self.pending = None
         self.evaluations.append(dict(step=step, **result))
         rat, oms = summarize(self.evaluations)
         video = {"eval/video": wandb.Video(result.pop("video"))} if "video" in result else {}
@@ -410,7 +459,13 @@ class Run:
         self.progress.write(f"step {step}: normalized score {result['normalized_score']:.1f}, return"
                             f" {result['return']:.1f}, RAT {rat:.1f}, OMS {oms:.1f}")
         self.save("checkpoint_last.pt")  # the checkpoints first, then the summary of them
-        if result["normalized_score"] >= oms:
+        self.publish(step)
+
+    def publish(self, step: int):
+        """checkpoint_best.pt at a new best, then summary.json: the files that follow the checkpoint of an evaluation
+        (also redone on resume when a failed save cut them short)."""
+        rat, oms = summarize(self.evaluations)
+        if self.evaluations[-1]["normalized_score"] >= oms:
             self.save("checkpoint_best.pt")
         atomic_write(os.path.join(self.run_dir, "summary.json"), dict(
             env=self.config.env, algo=self.algorithm, seed=self.config.seed, config=self.config_dict, task=self.card,
@@ -419,15 +474,17 @@ class Run:
     def save(self, name: str):
         atomic_write(os.path.join(self.run_dir, name), dict(
             algo=self.algorithm, env=self.config.env, config=self.config_dict, task=self.card, agent=self.agent.state_dict(),
-            evaluations=self.evaluations, statistics={key: torch.as_tensor(value) for key, value in self.statistics.items()},
+            evaluations=self.evaluations, pending_evaluation=self.pending,
+            statistics={key: torch.as_tensor(value) for key, value in self.statistics.items()},
             wandb_id=self.wandb_id, rng=rng_state()))
 
-    def __exit__(self, error_type, error, traceback) -> None:
+    def __exit__(self, error_type, error, traceback) -> bool:
+        stopped_early = error_type is Stopped  # in start(): compiling, or redoing an evaluation
         try:
-            if error_type is None and self.stopping:  # saved while the handlers still catch signals
+            if (error_type is None or stopped_early) and self.stopping:  # saved while the handlers still catch signals
                 self.check_finite()
                 self.save("checkpoint_last.pt")
-            self.finished = error_type is None
+            self.finished = error_type is None or stopped_early
         finally:  # on every exit: progress bar, environments, wandb closed, signal handlers back, folder unlocked
             self.exits.close()
         step = self.agent.step if self.agent is not None else 0
@@ -436,6 +493,7 @@ class Run:
                   f" --resume --run-dir {self.run_dir}", file=sys.stderr, flush=True)
         self.result = dict(run_dir=self.run_dir, step=step, evaluations=self.evaluations,
                            stopped=self.stopping, agent=self.agent)
+        return stopped_early
 
 
 def make_evaluator(config, data, statistics: dict, task, video_folder: str) -> Evaluator:

@@ -1,0 +1,112 @@
+"""A stop at any moment costs nothing (issue 28): an evaluation cut short by a stop is redone on resume, a save cut
+short is finished on resume, a sweep stops like a run, and nothing is deleted before its replacement exists."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+import evaluation
+import runs
+from test_scripts import TINY, run_main, strip_timing, summary
+
+QUICK = [*TINY, "--threads", "1", "--compile", "off"]
+
+
+def td3(env, run_dir, steps, *flags):
+    return run_main("edp_td3", "--env", env, "--total-steps", str(steps), "--eval-every", "10", "--run-dir", str(run_dir),
+                    *QUICK, *flags)
+
+
+def stop_during_evaluations(monkeypatch, *steps):
+    """SIGTERM to this process as the evaluation of each step in `steps` begins (a step listed twice: its first two
+    evaluations), as a user's stop would arrive."""
+    call, left = evaluation.Evaluator.__call__, list(steps)
+
+    def stopped(self, act, step=0, name="eval", stop=lambda: False):
+        if step in left:
+            left.remove(step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return call(self, act, step, name, stop)
+
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", stopped)
+
+
+def same_files(run_dir, straight_dir):
+    assert strip_timing(summary(run_dir)["evaluations"]) == strip_timing(summary(straight_dir)["evaluations"])
+    for key in ("rat", "oms", "final_step"):
+        assert summary(run_dir)[key] == summary(straight_dir)[key]
+    best, straight = (torch.load(folder / "checkpoint_best.pt", weights_only=True) for folder in (run_dir, straight_dir))
+    assert best["agent"]["step"] == straight["agent"]["step"]
+    for name, weight in best["agent"]["policy"].items():
+        assert torch.equal(weight, straight["agent"]["policy"][name]), name
+
+
+@pytest.fixture(scope="module")
+def straight(datasets, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    assert td3(datasets["pendulum"], run_dir, 30) == 0
+    return run_dir
+
+
+# -- 1. evaluations are part of their step ------------------------------------------------------------------
+@pytest.mark.parametrize("stops", [(20,), (30,), (20, 20)], ids=["middle", "final", "again-while-redone"])
+def test_a_stop_during_an_evaluation_is_redone_on_resume(stops, straight, datasets, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    stop_during_evaluations(monkeypatch, *stops)
+    assert td3(datasets["pendulum"], run_dir, 30) == 130
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["agent"]["step"] == checkpoint["pending_evaluation"] == stops[0]
+    assert summary(run_dir)["final_step"] == stops[0] - 10
+    for _ in stops[1:]:  # stopped again while the evaluation is redone: still pending, nothing trained
+        assert td3(datasets["pendulum"], run_dir, 30, "--resume") == 130
+        checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+        assert checkpoint["agent"]["step"] == checkpoint["pending_evaluation"] == stops[0]
+    assert td3(datasets["pendulum"], run_dir, 30, "--resume") == 0
+    same_files(run_dir, straight)
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["pending_evaluation"] is None
+
+
+@pytest.mark.parametrize("failing", ["summary.json", "checkpoint_best.pt"])
+def test_a_full_disk_at_the_last_save_is_finished_on_resume(failing, straight, datasets, tmp_path, monkeypatch):
+    """The last evaluation's checkpoint_last.pt is written, then the disk is full: resume writes what is missing.
+    (A run of one evaluation for checkpoint_best.pt: its only evaluation is its best.)"""
+    write, run_dir, steps = runs.atomic_write, tmp_path / "run", 30 if failing == "summary.json" else 10
+    if steps != 30:
+        straight = tmp_path / "straight"
+        assert td3(datasets["pendulum"], straight, steps) == 0
+
+    def full_disk(path, content):
+        final = content.get("final_step") == steps if path.endswith(".json") else content["agent"]["step"] == steps
+        if final and path.endswith(failing):
+            raise runs.SaveFailed(f"cannot write {path} (No space left on device)")
+        return write(path, content)
+
+    monkeypatch.setattr(runs, "atomic_write", full_disk)
+    assert td3(datasets["pendulum"], run_dir, steps) == 1
+    monkeypatch.setattr(runs, "atomic_write", write)
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["agent"]["step"] == steps
+    assert not (run_dir / "summary.json").exists() if steps == 10 else summary(run_dir)["final_step"] == 20
+    assert td3(datasets["pendulum"], run_dir, steps, "--resume") == 0
+    same_files(run_dir, straight)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: c.__setitem__("evaluations", {"step": 10}), "its evaluations are not a list of evaluations"),
+    (lambda c: c["evaluations"].append("ten"), "its evaluations are not a list of evaluations"),
+    (lambda c: c.__setitem__("pending_evaluation", 5), "its pending evaluation 5 is not the checkpoint's step 10"),
+])
+def test_a_checkpoint_with_a_damaged_evaluation_history_is_refused_before_training(damage, message, datasets, tmp_path,
+                                                                                    capsys):
+    run_dir = tmp_path / "run"
+    assert td3(datasets["pendulum"], run_dir, 10) == 0
+    checkpoint = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    damage(checkpoint)
+    torch.save(checkpoint, run_dir / "checkpoint_last.pt")
+    capsys.readouterr()
+    assert td3(datasets["pendulum"], run_dir, 20, "--resume") == 2
+    output = capsys.readouterr()
+    assert output.err.startswith("error:") and message in output.err and output.err.count("\n") == 1, output.err
+    assert "task:" not in output.out  # before the data were read
+
