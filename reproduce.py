@@ -7,8 +7,10 @@
     python reproduce.py --preset paper ...                          # Table 3 and the text instead
 
 Each run is one of the three scripts with its presets, in <out-dir>/runs/<algo>/<task>/seed<k>.
-A run that finished (its done.json) is skipped; an interrupted one (a checkpoint but no done.json)
-continues with --resume. From the runs' summary.json files it writes, next to the paper's numbers:
+A run that finished (its done.json, written once its last evaluation is in its summary.json) is
+skipped; an interrupted one (a checkpoint but no done.json) continues with --resume. Ctrl-C or
+SIGTERM stops the sweep as it stops a run: every running run saves its checkpoint, the sweep
+waits for them and exits 130; the same command again continues them. From the runs' summary.json files it writes, next to the paper's numbers:
   table2.md / .csv   RAT, mean +- std over seeds, by task and domain average (paper Table 2)
   table5.md / .csv   RAT and OMS side by side (paper Table 5)
   curves/<task>.png  normalised score per evaluation, its running average and the best so far
@@ -20,7 +22,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import math
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -161,10 +165,19 @@ def check(args: Args):
              f" domains: {', '.join(DOMAIN_TASKS)})")
     if not all(0 <= seed < 2**32 for seed in args.seeds):  # the scripts' (numpy's) seed range
         fail(f"--seeds must be in 0 .. 2**32 - 1, got {' '.join(map(str, args.seeds))}")
-    if len(set(args.seeds)) < len(args.seeds) or len(set(args.algos)) < len(args.algos):
-        fail("--seeds and --algos must not repeat a value: each run needs a folder of its own")
-    if not (args.cpus_per_run > 0 and args.gpus_per_run >= 0):
-        fail(f"--cpus-per-run must be > 0 and --gpus-per-run >= 0, got {args.cpus_per_run} and {args.gpus_per_run}")
+    repeated = [name for name, values in (("--seeds", args.seeds), ("--algos", args.algos), ("--tasks", args.tasks or []),
+                                          ("--domains", [] if args.tasks else args.domains))
+                if len(set(values)) < len(values)]
+    if repeated:
+        fail(f"--seeds and --algos must not repeat a value, nor --tasks and --domains: each run needs a folder of its own"
+             f" and counts once in the tables (repeated: {', '.join(repeated)})")
+    if not (0 < args.cpus_per_run < math.inf and 0 <= args.gpus_per_run < math.inf):
+        fail(f"--cpus-per-run must be > 0 and --gpus-per-run >= 0, both finite, got {args.cpus_per_run} and"
+             f" {args.gpus_per_run}")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        fail(f"--out-dir {args.out_dir} is a file, not a folder")
+    if not args.dry_run:
+        writable_folder(args.out_dir)
     if args.tasks:
         from tasks import UsageError, find_task  # the scripts' own rule of what a task is
 
@@ -216,27 +229,78 @@ def check_address(address: str):
              f" `ray start --head` or leave out --address")
 
 
+def writable_folder(path: str):
+    """--out-dir can be made and written (the tables, the runs' folders): found out now, not after the sweep."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, f".write-test-{os.getpid()}"), "w"):
+            pass
+        os.remove(os.path.join(path, f".write-test-{os.getpid()}"))
+    except OSError as error:
+        fail(f"cannot write to --out-dir {path} ({error.strerror or error})")
+
+
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-def execute(command: list, run_dir: str, environment: dict, threads: int) -> dict:
-    """One run as a subprocess (its own process: signals, memory, a crash stay with it)."""
+def execute(command: list, run_dir: str, environment: dict, threads: int, stop_file: str = "") -> dict:
+    """One run as a subprocess (its own process and session: signals, memory, a crash stay with it). The sweep
+    stops it by creating `stop_file`: the run gets SIGTERM, saves its checkpoint and ends (exit 130). done.json is
+    written only for a run that ended with its last evaluation in its summary.json."""
+    if stop_file and os.path.exists(stop_file):  # the sweep stopped before this run began
+        return dict(run_dir=run_dir, returncode=None, seconds=0.0)
     os.makedirs(run_dir, exist_ok=True)
     env = environment | {key: os.environ[key] for key in ("CUDA_VISIBLE_DEVICES",) if key in os.environ}
     env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.time()
     with open(os.path.join(run_dir, "reproduce.log"), "a") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                   start_new_session=True)  # a Ctrl-C reaches it through the sweep only
+        signalled = False
+        while True:
+            try:
+                returncode = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                stop = bool(stop_file) and os.path.exists(stop_file)
+            except KeyboardInterrupt:  # the worker itself was interrupted: the run still saves before it ends
+                stop = True
+            if stop and not signalled:
+                process.send_signal(signal.SIGTERM)
+                signalled = True
     seconds = time.time() - start
+    if returncode == 0 and not finished_summary(run_dir):
+        returncode = "0 without its last evaluation"
     if returncode == 0:
         with open(os.path.join(run_dir, "done.json"), "w") as file:
             json.dump(dict(command=[token for token in command if token != "--resume"], seconds=seconds), file)
     return dict(run_dir=run_dir, returncode=returncode, seconds=seconds)
 
 
-def sweep(args: Args, runs: list):
+def finished_summary(run_dir: str) -> bool:
+    """Whether a run's summary.json holds its last evaluation (final_step = its total steps)."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as file:
+            summary = json.load(file)
+        return summary["final_step"] == summary["config"]["total_steps"] == summary["evaluations"][-1]["step"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+class SweepStop:
+    """Ctrl-C / SIGTERM to the sweep: remembered, not raised; the sweep passes it to its runs and waits for them."""
+
+    def __init__(self):
+        self.signals = []
+
+    def install(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, frame: self.signals.append(signum))
+
+
+def sweep(args: Args, runs: list, stop: SweepStop):
     import ray
 
     todo = [run for run in runs if not run.finished]
@@ -252,30 +316,49 @@ def sweep(args: Args, runs: list):
             fail(f"--address {args.address}: {str(error).strip().splitlines()[0]}")
     else:  # a local instance, reachable on this machine only
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    stop.install()  # again after ray.init, which sets a SIGTERM handler of its own
+    if stop.signals:
+        ray.shutdown()
+        return []
     gpus = ray.cluster_resources().get("GPU", 0)
-    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if gpus else 0)(execute)
+    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run if gpus else 0, max_retries=0)(execute)
     threads = max(1, int(args.cpus_per_run))
+    stop_file = os.path.join(os.path.abspath(args.out_dir), f".stop-{os.getpid()}-{time.time_ns()}")
     pending = {}
     for run in todo:
         command = run.command + (["--resume"] if run.interrupted else [])
-        pending[remote.remote(command, run.run_dir, dict(os.environ), threads)] = run
+        pending[remote.remote(command, run.run_dir, dict(os.environ), threads, stop_file)] = run
     slots = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run)))
     done, failed, durations, start = 0, [], [], time.time()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        run, result = pending.pop(ready[0]), ray.get(ready[0])
-        durations.append(result["seconds"])
-        if result["returncode"] == 0:
-            done += 1
-        else:
-            failed.append(run)
-        left = len(pending)
-        eta = np.mean(durations) * left / min(slots, max(left, 1)) if left else 0.0
-        status = "done" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see reproduce.log)"
-        print(f"[{time.time() - start:7.0f}s] {run.algo} {run.task} seed {run.seed}: {status} | done {done},"
-              f" running {min(left, slots)}, waiting {max(left - slots, 0)}, failed {len(failed)}"
-              f" | about {eta // 60:.0f} min {eta % 60:.0f} s left", flush=True)
-    ray.shutdown()
+    try:
+        while pending:
+            if stop.signals and not os.path.exists(stop_file):
+                open(stop_file, "w").close()  # every run gets SIGTERM; runs not yet begun do not begin
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if not ready:
+                continue
+            run = pending.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayError as error:  # the worker died (out of memory, killed): this run failed
+                result = dict(run_dir=run.run_dir, returncode=f"none: {type(error).__name__}", seconds=time.time() - start)
+            if result["returncode"] is None or (stop.signals and result["returncode"] == 130):
+                continue  # stopped by the sweep: its checkpoint is saved
+            durations.append(result["seconds"])
+            if result["returncode"] == 0:
+                done += 1
+            else:
+                failed.append(run)
+            left = len(pending)
+            eta = np.mean(durations) * left / min(slots, max(left, 1)) if left else 0.0
+            status = "done" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}, see reproduce.log)"
+            print(f"[{time.time() - start:7.0f}s] {run.algo} {run.task} seed {run.seed}: {status} | done {done},"
+                  f" running {min(left, slots)}, waiting {max(left - slots, 0)}, failed {len(failed)}"
+                  f" | about {eta // 60:.0f} min {eta % 60:.0f} s left", flush=True)
+    finally:
+        if os.path.exists(stop_file):
+            os.remove(stop_file)
+        ray.shutdown()
     for run in failed:
         print(f"failed: {run.run_dir}", file=sys.stderr)
     return failed
@@ -461,7 +544,18 @@ def main(args: Args):
             print(f"{state:15s} {' '.join(run.command[1:])}")
         print(f"{len(runs)} runs")
         return
-    failed = [] if args.report_only else sweep(args, runs)
+    stop = SweepStop()
+    if not args.report_only:
+        stop.install()
+    try:
+        failed = [] if args.report_only else sweep(args, runs, stop)
+    except KeyboardInterrupt:  # Ctrl-C while Ray started, before the sweep's own handlers: no run began
+        stop.signals.append(signal.SIGINT)
+    if stop.signals:
+        interrupted = sum(run.interrupted for run in runs)
+        print(f"stopped by signal {stop.signals[0]}: every running run saved its checkpoint ({interrupted} runs to"
+              f" resume); run the same command again to continue the sweep", file=sys.stderr, flush=True)
+        sys.exit(130)
     report(args.out_dir, runs)  # the tables of the runs that finished, even when others failed
     if failed:
         print(f"error: {len(failed)} of {len(runs)} runs failed (see the reproduce.log in their folders)", file=sys.stderr)

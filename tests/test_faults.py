@@ -293,6 +293,7 @@ def reproduce(*flags, timeout=120):
     (["--seeds", "0", "0", "--dry-run"], "--seeds and --algos must not repeat a value"),
     (["--cpus-per-run", "0", "--dry-run"], "--cpus-per-run must be > 0"),
     (["--cpus-per-run", "-1"], "--cpus-per-run must be > 0"),
+    (["--cpus-per-run", "inf"], "--cpus-per-run must be > 0 and --gpus-per-run >= 0, both finite, got inf"),
 ])
 def test_reproduce_bad_input_is_one_line_in_dry_runs_too(flags, message, tmp_path):
     process = reproduce("--domains", "adroit", *flags, "--out-dir", str(tmp_path), timeout=30)  # no sweep starts

@@ -3,13 +3,16 @@ short is finished on resume, a sweep stops like a run, and nothing is deleted be
 
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 import evaluation
 import runs
-from test_scripts import TINY, run_main, strip_timing, summary
+from test_scripts import ROOT, TINY, run_main, strip_timing, summary
 
 QUICK = [*TINY, "--threads", "1", "--compile", "off"]
 
@@ -110,3 +113,59 @@ def test_a_checkpoint_with_a_damaged_evaluation_history_is_refused_before_traini
     assert output.err.startswith("error:") and message in output.err and output.err.count("\n") == 1, output.err
     assert "task:" not in output.out  # before the data were read
 
+
+# -- 2. a sweep stops like a run ------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_sweep_saves_every_running_run_and_continues_them(how, datasets, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to reproduce.py: each running run saves its
+    checkpoint, the sweep exits 130 with one line, and the same command continues them."""
+    out_dir = tmp_path / "sweep"
+    command = [sys.executable, "reproduce.py", "--tasks", datasets["pendulum"], "--algos", "td3", "--seeds", "0", "1",
+               "--out-dir", str(out_dir), "--script-args=--total-steps 100000 --eval-every 5 " + " ".join(QUICK)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    folders = [out_dir / "runs" / "td3" / datasets["pendulum"].replace("/", "-") / f"seed{seed}" for seed in (0, 1)]
+    deadline = time.time() + 300
+    while not all((folder / "summary.json").exists() for folder in folders):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.5)
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped by signal"), stderr
+    for folder in folders:
+        log = (folder / "reproduce.log").read_text()
+        assert "stopped by signal 15" in log and "checkpoint saved" in log, log[-2000:]
+        checkpoint = torch.load(folder / "checkpoint_last.pt", weights_only=True)
+        assert checkpoint["agent"]["step"] >= summary(folder)["final_step"] >= 5
+        assert not (folder / "done.json").exists()
+    assert not list(out_dir.glob(".stop-*"))
+    rerun = subprocess.run(command + ["--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0 and rerun.stdout.count("resume ") == 2, rerun.stdout + rerun.stderr
+
+
+@pytest.mark.parametrize("flags", [["--tasks", "edp/pendulum-mixed-v0", "edp/pendulum-mixed-v0"],
+                                   ["--domains", "adroit", "adroit"]])
+def test_a_sweep_refuses_repeated_tasks_and_domains(flags, tmp_path):
+    process = subprocess.run([sys.executable, "reproduce.py", *flags, "--out-dir", str(tmp_path), "--dry-run"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and process.stderr.startswith("error: ") and process.stderr.count("\n") == 1, \
+        process.stderr
+    assert "must not repeat a value" in process.stderr
+
+
+# -- 5. every check before any work ---------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["out-dir-file", "report-only-read-only"])
+def test_a_sweep_refuses_an_out_dir_it_cannot_write(case, tmp_path):
+    if case == "out-dir-file":
+        (tmp_path / "file").write_text("")
+        out_dir, flags, message = tmp_path / "file", [], f"error: --out-dir {tmp_path / 'file'} is a file, not a folder"
+    else:  # /proc takes no new files, whoever asks (a chmod'ed folder would not stop root)
+        out_dir, flags, message = "/proc", ["--report-only"], "error: cannot write to --out-dir /proc"
+    process = subprocess.run([sys.executable, "reproduce.py", "--domains", "adroit", "--out-dir", str(out_dir), *flags],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2 and process.stderr.startswith(message) and process.stderr.count("\n") == 1, \
+        process.stderr
