@@ -9,27 +9,27 @@ import torch
 import torch.nn as nn
 from torch.optim.adam import adam as functional_adam  # a module-level name: torch.compile traces it
 
-from diffusion import Mish, energy_based_action_selection
+from diffusion import Mish, energy_based_action_selection, initialize_layers
 from tasks import UsageError, one_line
 
 
 # ==============================================================================================
 # Networks
 # ==============================================================================================
-def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256) -> nn.Sequential:
-    """The paper's backbone (Sec. 5): 3 x (Linear 256 + Mish), then a linear head."""
-    return nn.Sequential(
+def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256, init: str = "lecun") -> nn.Sequential:
+    """The paper's backbone (Sec. 5): 3 x (Linear 256 + Mish), then a linear head; layers initialised as `init`."""
+    return initialize_layers(nn.Sequential(
         nn.Linear(in_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, hidden_dim), Mish(),
         nn.Linear(hidden_dim, out_dim),
-    )
+    ), init)
 
 
 class TwinCritic(nn.Module):
-    def __init__(self, state_dim: int, action_dim: int):
+    def __init__(self, state_dim: int, action_dim: int, init: str = "lecun"):
         super().__init__()
-        self.q1, self.q2 = mlp(state_dim + action_dim, 1), mlp(state_dim + action_dim, 1)
+        self.q1, self.q2 = mlp(state_dim + action_dim, 1, init=init), mlp(state_dim + action_dim, 1, init=init)
 
     def parameter_groups(self) -> list:
         """Q1 and Q2 as two optimiser groups: adam_step clips each critic's gradient on its own."""

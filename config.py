@@ -34,12 +34,16 @@ class CommonArgs:
     eval_max_steps: Optional[int] = None
     """evaluation episode limit (default: D4RL's horizon on a paper task, e.g. pen 100, kitchen 280; the env's own elsewhere); 0: the env's own"""
     terminals: Literal["d4rl", "dataset"] = "d4rl"
-    """done flags: d4rl (paper tasks as D4RL's data: AntMaze goal reached, Kitchen's last step) or the dataset's own"""
+    """done flags: d4rl (paper tasks as D4RL's data: AntMaze goal reached, Kitchen's last step, pen-cloned's pen dropped) or the dataset's own"""
+    eval_terminations: Literal["d4rl", "env"] = "d4rl"
+    """evaluation episodes end as D4RL's envs ended them (pen: when the pen falls below z = 0.075) or as the Gymnasium env does (pen: never before the time limit)"""
     seed: int = 0
     """seed of everything: networks, batches, sampling, evaluation episodes"""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)"""
     # -- training
+    init: Literal["lecun", "torch"] = "lecun"
+    """initial weights of every layer: lecun (LeCun-normal weights, zero biases: Flax's nn.Dense default, the authors' networks) or torch (PyTorch's nn.Linear default)"""
     total_steps: Optional[int] = None
     """gradient steps (default: epochs x 1000, Table 3: 2000 epochs on locomotion, 1000 elsewhere)"""
     batch_size: int = 256
@@ -122,8 +126,8 @@ class CommonArgs:
     """no training: evaluate --checkpoint (default: <run-dir>/checkpoint_last.pt) with its run's configuration"""
     checkpoint: Optional[str] = None
     """checkpoint for --eval-only, e.g. <run-dir>/checkpoint_best.pt"""
-    threads: int = 0
-    """torch's CPU threads: 0 adapts (all while the run has the CPUs, 1 while other processes are busy), N fixes N"""
+    threads: Optional[int] = None
+    """torch's CPU threads, fixed for the run so that the same seed gives the same numbers whatever else runs (default: 1, or the count a resumed run was saved with); more is faster alone and much slower beside another busy process; 0 adapts to the machine's load (fastest on a shared machine, but the numbers may then depend on the load: README, Speed)"""
 
 
 @dataclass
@@ -134,6 +138,8 @@ class LikelihoodArgs(CommonArgs):
     """log pi surrogate: gaussian N(a; a0_hat, sigma^2 I) (Eq. 13) or elbo (Eq. 12)"""
     learn_std: bool = False
     """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
+    elbo_weights: Optional[Literal["eq12", "authors"]] = None
+    """--likelihood elbo: eq12 weighs the squared noise error summed over action dims by beta_k / (2 alpha_k (1 - abar_(k-1))) (Eq. 12); authors weigh its mean over action dims by beta_k / (2 alpha_k (1 - abar_k)) (sail-sg/edp diffusion.py); both normalised to mean 1 (default: eq12; released: authors)"""
 
 
 # ==============================================================================================
@@ -176,6 +182,11 @@ RELEASED = PAPER | {  # sail-sg/edp at b019648 (diffusion/dql.py, diffusion/trai
 }
 
 
+# the rows of the likelihood flags (LikelihoodArgs), for CRR's and IQL's tables
+LIKELIHOOD_PAPER = {"elbo_weights": "eq12"}  # Eq. 12
+LIKELIHOOD_RELEASED = {"elbo_weights": "authors"}  # sail-sg/edp diffusion.py:207-208, 727 (CRR's elbo mode)
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -212,7 +223,8 @@ def check_config(config):
         (nonfinite, f"{', '.join(nonfinite)}: every number must be finite"),
         (too_small, f"{', '.join(too_small)} must be at least 1"),
         (too_large, f"{', '.join(too_large)} would not fit in memory; give a smaller value"),
-        (config.threads < 0, "--threads must be 0 (adapt to the machine's load) or a number of threads"),
+        (config.threads is not None and config.threads < 0,
+         "--threads must be 0 (adapt to the machine's load) or a number of threads"),
         (config.eval_max_steps is not None and config.eval_max_steps < 0,
          "--eval-max-steps must be 0 (the env's own limit) or a number of steps"),
         (not (config.lr > 0 and config.grad_clip > 0 and 0 <= config.gamma < 1 and 0 < config.tau <= 1

@@ -110,10 +110,30 @@ class SinusoidalStepEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+# LeCun-normal, Flax's nn.Dense default: a normal truncated at +-2 standard deviations, rescaled so that its standard
+# deviation is exactly 1 / sqrt(fan_in) (jax.nn.initializers.variance_scaling, "truncated_normal"); 0.87962566 is
+# the standard deviation of a standard normal truncated at +-2
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def initialize_layers(module: nn.Module, init: str = "lecun") -> nn.Module:
+    """Every nn.Linear of `module` as the authors' Flax nn.Dense starts (lecun: LeCun-normal weights, zero biases;
+    sail-sg/edp nets.py sets no initialiser, and trainer.py's orthogonal_init=False) or as PyTorch's (torch)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and init == "lecun":
+            std = 1.0 / math.sqrt(layer.in_features) / TRUNCATED_NORMAL_STD
+            nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.Linear):
+            layer.reset_parameters()
+    return module
+
+
 class NoiseNetwork(nn.Module):
     """eps_theta(a_k, k; s): step embedding -> MLP; [state, a_k, embedding] -> 3 x (256, Mish)."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256, step_dim: int = 16):
+    def __init__(self, state_dim: int, action_dim: int, hidden_dim: int = 256, step_dim: int = 16, init: str = "lecun"):
         super().__init__()
         self.step_mlp = nn.Sequential(
             SinusoidalStepEmbedding(step_dim),
@@ -130,6 +150,7 @@ class NoiseNetwork(nn.Module):
             Mish(),
             nn.Linear(hidden_dim, action_dim),
         )
+        initialize_layers(self, init)
 
     def forward(self, state: torch.Tensor, noisy_action: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """step: (B,) per-sample indices, or (1,) for one index shared by the batch (embedded once)."""
@@ -171,11 +192,12 @@ class DiffusionPolicy(nn.Module):
         hidden_dim: int = 256,
         max_action: float = 1.0,
         learn_std: bool = False,
+        init: str = "lecun",
     ):
         super().__init__()
         self.state_dim, self.action_dim = state_dim, action_dim
         self.num_steps, self.schedule, self.max_action = num_steps, schedule, float(max_action)
-        self.noise_net = NoiseNetwork(state_dim, action_dim, hidden_dim)
+        self.noise_net = NoiseNetwork(state_dim, action_dim, hidden_dim, init=init)
 
         betas = make_beta_schedule(schedule, num_steps)
         alphas = 1 - betas
@@ -186,6 +208,8 @@ class DiffusionPolicy(nn.Module):
         # there we use the sigma_1^2 = beta_1 decoder of DDPM, i.e. 1 / (2 alpha_1) (our choice).
         elbo_weights = betas / (2 * alphas * (1 - abar_prev).clamp(min=1e-300))
         elbo_weights[0] = 1 / (2 * alphas[0])
+        # the authors' ELBO weights (sail-sg/edp diffusion.py:207-208): 1 - abar_k where Eq. 12 has 1 - abar_{k-1}
+        authors_elbo_weights = betas / (2 * alphas * (1 - abar))
         buffers = {
             "betas": betas,
             "alphas_cumprod": abar,
@@ -198,6 +222,7 @@ class DiffusionPolicy(nn.Module):
             "posterior_mean_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
             "posterior_mean_coef_xk": (1 - abar_prev) * alphas.sqrt() / (1 - abar),
             "elbo_weights": elbo_weights / elbo_weights.mean(),  # normalised to mean 1
+            "authors_elbo_weights": authors_elbo_weights / authors_elbo_weights.mean(),  # as theirs, mean 1
         }
         for name, value in buffers.items():
             self.register_buffer(name, value.float())
@@ -248,19 +273,23 @@ class DiffusionPolicy(nn.Module):
         z = (action - approximation.action) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
 
-    def elbo_log_likelihood(self, approximation: ActionApproximation) -> torch.Tensor:
-        """Eq. 12: the DDPM bound on log pi(a|s) up to constants, -w_k ||eps - eps_theta||^2, shape (B,)."""
+    def elbo_log_likelihood(self, approximation: ActionApproximation, weights: str = "eq12") -> torch.Tensor:
+        """Eq. 12: the DDPM bound on log pi(a|s) up to constants, -w_k ||eps - eps_theta||^2, shape (B,). weights
+        "authors": their w_k (1 - abar_k in the denominator) on the mean over action dims instead of the sum (sail-sg/edp
+        diffusion.py:207-208, 727), which keeps the term, and so eta, independent of the action dimension."""
+        if weights == "authors":
+            return -self.authors_elbo_weights[approximation.step] * approximation.noise_error()
         squared_error = (approximation.noise - approximation.predicted_noise).pow(2).sum(dim=-1)
         return -self.elbo_weights[approximation.step] * squared_error
 
     def weighted_likelihood_loss(self, action: torch.Tensor, approximation: ActionApproximation, weight: torch.Tensor,
-                                 surrogate: str = "gaussian") -> torch.Tensor:
+                                 surrogate: str = "gaussian", elbo_weights: str = "eq12") -> torch.Tensor:
         """Eq. 11's loss -E[f * log pi(a|s)] with the weight f (B, 1) given and log pi replaced by the Gaussian
-        surrogate (Eq. 13) or the ELBO (Eq. 12)."""
+        surrogate (Eq. 13) or the ELBO (Eq. 12, weighted as `elbo_weights` says)."""
         if surrogate == "gaussian":
             log_likelihood = self.gaussian_log_likelihood(action, approximation)
         else:
-            log_likelihood = self.elbo_log_likelihood(approximation)
+            log_likelihood = self.elbo_log_likelihood(approximation, elbo_weights)
         return -(weight.squeeze(1) * log_likelihood).mean()
 
     # -- sampling --------------------------------------------------------------------------------

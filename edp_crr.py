@@ -48,10 +48,10 @@ class Args(shared.LikelihoodArgs):
 # ==============================================================================================
 # Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | {
+PAPER = shared.PAPER | shared.LIKELIHOOD_PAPER | {
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | {"reward_transform": PAPER["reward_transform"]}
+RELEASED = shared.RELEASED | shared.LIKELIHOOD_RELEASED | {"reward_transform": PAPER["reward_transform"]}
 
 
 # ==============================================================================================
@@ -74,9 +74,9 @@ class EDPCRR(Agent):
             raise UsageError("need --beta > 0, --weight-clip > 0 and --advantage-samples >= 1")
         self.config = config
         self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
-                                      learn_std=config.learn_std).to(device)
+                                      learn_std=config.learn_std, init=config.init).to(device)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic = TwinCritic(state_dim, action_dim).to(device)
+        self.critic = TwinCritic(state_dim, action_dim, init=config.init).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart
@@ -100,7 +100,8 @@ class EDPCRR(Agent):
             samples = samples + sigma * torch.randn_like(samples)  # a_j ~ N(a0_hat, sigma^2 I), unclipped as the authors'
             q_samples = self.critic.q_min(state.repeat_interleave(n, dim=0), samples).view(-1, n)
             weight = crr_weights(self.critic.q_min(state, action), q_samples, self.config.beta, self.config.weight_clip)
-        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood)  # Eq. 20
+        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood,
+                                                              self.config.elbo_weights)  # Eq. 20
         diffusion_loss = approximation.diffusion_loss()
         return diffusion_loss + self.config.eta * weighted_loss, diffusion_loss, weighted_loss, weight
 

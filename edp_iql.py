@@ -49,13 +49,13 @@ class Args(shared.LikelihoodArgs):
 # ==============================================================================================
 # Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | {
+PAPER = shared.PAPER | shared.LIKELIHOOD_PAPER | {
     "expectile": {"locomotion": 0.7, "antmaze": 0.9, "adroit": 0.7, "kitchen": 0.7},  # App. A.3
     "beta": 1.0,  # App. A.3: "a temperature of beta = 1"
     # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze-iql", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | {  # sail-sg/edp at b019648
+RELEASED = shared.RELEASED | shared.LIKELIHOOD_RELEASED | {  # sail-sg/edp at b019648
     "expectile": 0.7,  # dql.py:84
     "beta": 3.0,  # dql.py:85 awr_temperature, multiplying A (dql.py:584)
     # README.md:51 runs IQL with --norm_reward=True (utilities/traj_dataset.py:142-147; never on AntMaze, trainer.py:422-424)
@@ -87,11 +87,11 @@ class EDPIQL(Agent):
             raise UsageError("need 0 < --expectile < 1, --beta > 0 and --weight-clip > 0")
         self.config = config
         self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
-                                      learn_std=config.learn_std).to(device)
+                                      learn_std=config.learn_std, init=config.init).to(device)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic = TwinCritic(state_dim, action_dim).to(device)
+        self.critic = TwinCritic(state_dim, action_dim, init=config.init).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.value = mlp(state_dim, 1).to(device)
+        self.value = mlp(state_dim, 1, init=config.init).to(device)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.lr)
@@ -111,7 +111,8 @@ class EDPIQL(Agent):
         approximation = self.policy.approximate_action(state, action)  # Eq. 9, one network call
         with torch.no_grad():
             weight = iql_weights(target_q, self.value(state), self.config.beta, self.config.weight_clip)
-        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood)  # Eq. 11
+        weighted_loss = self.policy.weighted_likelihood_loss(action, approximation, weight, self.config.likelihood,
+                                                              self.config.elbo_weights)  # Eq. 11
         diffusion_loss = approximation.diffusion_loss()
         policy_loss = diffusion_loss + self.config.eta * weighted_loss
         policy_grad = adam_step(policy_loss, self.policy_optimizer, self.config.grad_clip)

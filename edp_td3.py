@@ -68,9 +68,10 @@ class EDPTD3(Agent):
         if not config.alpha > 0:
             raise UsageError("need --alpha > 0")
         self.config = config
-        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule).to(device)
+        self.policy = DiffusionPolicy(state_dim, action_dim, config.num_diffusion_steps, config.schedule,
+                                      init=config.init).to(device)
         self.ema_policy = copy.deepcopy(self.policy).requires_grad_(False)
-        self.critic = TwinCritic(state_dim, action_dim).to(device)
+        self.critic = TwinCritic(state_dim, action_dim, init=config.init).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameter_groups(), lr=config.lr)  # Q1, Q2 clipped apart

@@ -279,7 +279,8 @@ def compile_if_it_pays(agent, config, steps_left: int) -> float:
 
 
 class CpuThreads:
-    """torch's intra-op threads: all of them while this process has the CPUs, one while other processes are busy too.
+    """torch's intra-op threads: N, fixed for the run (the scripts' default is 1); or, with 0, all of them while this
+    process has the CPUs and one while other processes are busy too.
 
     Two teams of OpenMP threads on the same cores spin at every parallel op, each waiting for a thread the other
     team holds: two EDP runs side by side on 2 cores each kept 23% of their solo speed with 2 threads, and 89% with
@@ -288,7 +289,9 @@ class CpuThreads:
     """
 
     def __init__(self, threads: int, interval: float = 2.0):
-        self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS (reproduce.py)
+        # with 0 the count follows the load, and on CPUs whose kernels split their sums by thread count so do the
+        # numbers (one seed gave 4.532 and 4.421 on an AVX-512 machine); N >= 1 fixes both
+        self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS
         torch.set_num_threads(self.most)
         self.adapt = threads == 0 and self.most > 1 and os.path.exists("/proc/stat")
         self.interval, self.next_check = interval, time.monotonic() + interval
@@ -310,6 +313,18 @@ class CpuThreads:
         wall, machine, own = (new - old for new, old in zip(now, self.last))
         self.last, self.next_check = now, now[0] + self.interval
         torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
+
+
+def run_threads(config, checkpoint: Optional[dict]) -> int:
+    """--threads, or the count a resumed run was saved with (the numbers depend on it on some CPUs), else 1."""
+    saved = checkpoint["config"].get("threads") if checkpoint is not None else None
+    saved = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else None
+    if config.threads is None:
+        return 1 if saved is None else saved
+    if saved is not None and config.threads != saved:
+        print(f"note: --threads {config.threads} where the run was saved with {saved}: on CPUs whose kernels depend on"
+              " the thread count, the numbers from here on may differ from a straight run's", file=sys.stderr, flush=True)
+    return config.threads
 
 
 def print_task_card(card: dict):
@@ -348,6 +363,7 @@ class Run:
         if self.checkpoint is not None:
             check_resume(config, self.checkpoint, checkpoint_path, self.algorithm)
             checkpoint_evaluations(self.checkpoint, checkpoint_path)  # before the data are read
+        config = self.config = dataclasses.replace(config, threads=run_threads(config, self.checkpoint))
         self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
         print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
         seed_everything(config)
@@ -522,6 +538,7 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
     task = find_task(saved.env, saved.dataset_path)
     config = resolve_config(dataclasses.replace(saved, **overrides, eval_only=True, resume=False), task, paper, released)
     seed_everything(config)
+    CpuThreads(run_threads(config, checkpoint))
     buffer, data, _ = prepare_data(config, task)
     statistics = checkpoint_statistics(checkpoint, path)
     agent = agent_class(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config,

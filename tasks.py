@@ -86,10 +86,40 @@ ANTMAZE_SUCCESS_RADIUS = 0.45  # gymnasium_robotics maze_v4.py compute_reward an
 # Kitchen evaluation as D4RL's: each task pays once, the episode ends when all four are done (Minari's data was
 # collected with both off)
 D4RL_KITCHEN_EVAL = dict(remove_task_when_completed=True, terminate_on_tasks_completed=True)
-TERMINAL_RULES = {  # --terminals d4rl, per domain
+# Adroit pen as D4RL's pen_v0.py step() ends it: the pen (body "Object", observation entries 24:27 in D4RL's and
+# Gymnasium-Robotics' layout alike) below z = 0.075 after a step ends the episode, with reward -5 there in both
+# envs; AdroitHandPen-v1 subtracts the 5 and goes on (adroit_pen.py: its goal_failed line is commented out)
+PEN_DROP_HEIGHT = 0.075
+PEN_HEIGHT_INDEX = 26
+TERMINAL_RULES = {  # --terminals d4rl, per task, then per domain
     "antmaze": "goal reached: terminal = relabelled reward (D4RL scripts/relabel_antmaze_rewards.py)",
     "kitchen": "last step of each demonstration (D4RL's kitchen data)",
+    # D4RL's BC rollouts (half of pen-cloned) ended at a drop with terminal True (hand_dapg_policies.py); Minari
+    # replayed the actions and reset at time-outs only, so its episodes go on with the pen on the floor
+    "pen-cloned": f"pen dropped: terminal where the pen lies below z = {PEN_DROP_HEIGHT} after the step (D4RL"
+                  " pen_v0.py; Minari's replay goes on past a drop, so every step from a dropped pen is terminal)",
+    # D4RL's human demonstrations were recorded without the env's done (hand_dapg_demos.py): no terminals
+    "pen-human": "the dataset's terminations (none: D4RL's human demonstrations mark none)",
 }
+
+
+def pen_dropped(observations: np.ndarray) -> np.ndarray:
+    """D4RL's pen drop (pen_v0.py step()): the pen's height below PEN_DROP_HEIGHT, per observation."""
+    return np.asarray(observations)[..., PEN_HEIGHT_INDEX] < PEN_DROP_HEIGHT
+
+
+class PenDropTermination(gym.Wrapper):
+    """Ends an AdroitHandPen episode when the pen falls, as D4RL's pen env did (its reference returns were measured
+    so: scripts/reference_scores/adroit_expert.py stops on done). D4RL exempts only steps taken while the env is
+    being built (`starting_up`), which never reach this wrapper."""
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return observation, reward, terminated or bool(pen_dropped(observation)), truncated, info
+
+
+def terminal_rule(task: Task) -> str:
+    return TERMINAL_RULES.get(task.name, TERMINAL_RULES.get(task.domain, "the dataset's terminations"))
 
 
 def find_task(name: str, dataset_path: Optional[str]) -> Task:
@@ -123,10 +153,12 @@ def flatten_observation(observation):
 TRUSTED_ENV_MODULES = ("gymnasium", "gymnasium_robotics", "make_demo_dataset")  # the last: this repo's demo task
 
 
-def env_maker(env: str | gym.envs.registration.EnvSpec, domain: str, max_steps: Optional[int]) -> Callable[..., gym.Env]:
+def env_maker(env: str | gym.envs.registration.EnvSpec, domain: str, max_steps: Optional[int],
+              d4rl_termination: bool = True) -> Callable[..., gym.Env]:
     """The evaluation env (a dataset's spec or an --eval-env id), registered envs only: a dataset's metadata names its
     env by entry point, and importing an arbitrary one would run code the user never chose. Episodes end at
-    `max_steps` (None: the spec's own limit). Keywords go to gym.make."""
+    `max_steps` (None: the spec's own limit), and with `d4rl_termination` where D4RL's env ended them (the pen
+    dropped). Keywords go to gym.make."""
     if isinstance(env, str) and env not in gym.registry:
         import gymnasium_robotics  # noqa: F401  (registers AntMaze, Adroit and Kitchen)
     spec = gym.registry.get(env) if isinstance(env, str) else env
@@ -145,7 +177,16 @@ def env_maker(env: str | gym.envs.registration.EnvSpec, domain: str, max_steps: 
     steps = max_steps or spec.max_episode_steps
     if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
         raise UsageError(f"the evaluation env {spec.id} has the time limit {steps!r}: not a number of steps")
+    if d4rl_termination and spec.id.startswith("AdroitHandPen"):
+        return lambda **extra: PenDropTermination(gym.make(spec.id, max_episode_steps=steps, **kwargs, **extra))
     return lambda **extra: gym.make(spec.id, max_episode_steps=steps, **kwargs, **extra)
+
+
+def evaluation_end(config, env_id: str) -> str:
+    """The task card's words for when an evaluation episode ends."""
+    if env_id.startswith("AdroitHandPen") and config.eval_terminations == "d4rl":
+        return f"the time limit, or the pen below z = {PEN_DROP_HEIGHT} (D4RL pen_v0.py; AdroitHandPen never ends)"
+    return "the time limit, or where the env itself ends the episode"
 
 
 # ==============================================================================================
@@ -229,7 +270,7 @@ def load_minari(task: Task, config) -> OfflineData:
     if dataset.total_episodes == 0:
         raise UsageError(f"the Minari dataset {dataset_id} holds no episodes")
     spec = getattr(dataset, "_eval_env_spec", None) or dataset.env_spec  # Minari 0.5
-    make_env = env_maker(spec, task.domain, eval_horizon(config, task))
+    make_env = env_maker(spec, task.domain, eval_horizon(config, task), config.eval_terminations == "d4rl")
     d4rl_terminals = config.terminals == "d4rl" and task.name in TASKS
     # Minari's AntMaze rewards (and desired_goal) follow a goal drawn anew in each collection episode, never the
     # evaluation goal: relabel r_t from achieved_goal at t + 1 against the evaluation goal, as D4RL's data is
@@ -244,6 +285,8 @@ def load_minari(task: Task, config) -> OfflineData:
                 dones = dones | rewards.astype(bool)  # Minari's are all False (continuing_task=True)
             elif d4rl_terminals and task.domain == "kitchen":
                 dones = dones | (np.arange(len(dones)) == len(dones) - 1)  # Minari's are all False
+            elif d4rl_terminals and task.name == "pen-cloned":
+                dones = dones | pen_dropped(observations[1:])  # Minari's are all False
             for key, value in zip(columns, (observations[:-1], episode.actions, rewards, observations[1:], dones)):
                 columns[key].append(np.asarray(value, dtype=np.float32))
         arrays = {key: np.concatenate(value) for key, value in columns.items()}
@@ -265,8 +308,7 @@ def load_minari(task: Task, config) -> OfflineData:
         dataset=dict(id=dataset_id, episodes=dataset.total_episodes,
                      replica=str(metadata.get("algorithm_name", "")).startswith("replica")),
         eval_env=spec.id,
-        terminals=TERMINAL_RULES.get(task.domain, "the dataset's terminations") if d4rl_terminals
-        else "the dataset's terminations",
+        terminals=terminal_rule(task) if d4rl_terminals else "the dataset's terminations",
         reward=f"relabelled: 1 within {ANTMAZE_RELABEL_RADIUS} of the evaluation goal {goal.tolist()}" if goal is not None
         else "the dataset's",
         score=score_card(task, reference))
@@ -302,11 +344,10 @@ def load_hdf5(task: Task, config) -> OfflineData:
         raise UsageError(f"cannot read {path} as D4RL HDF5: {error}") from None
     check_arrays(data, path)
     terminals, timeouts = data["terminals"].astype(bool), data["timeouts"].astype(bool)
-    if "next_observations" in data:
-        keep, next_observations = np.arange(len(terminals)), data["next_observations"]
-    else:  # as D4RL's qlearning_dataset: the next observation is the next row, except after a timeout
-        keep = np.flatnonzero(~timeouts[:-1])
-        next_observations = data["observations"][keep + 1]
+    # the rows of D4RL's qlearning_dataset (d4rl/__init__.py): every row but the last, less the time-out rows; the
+    # next observation is the next row, or the file's next_observations where it has them (true after terminals too)
+    keep = np.flatnonzero(~timeouts[:-1])
+    next_observations = data["next_observations"][keep] if "next_observations" in data else data["observations"][keep + 1]
     episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts) + 1]
     episode_starts = episode_starts[episode_starts < len(terminals)]  # a last episode without an end flag is its own
     card = dict(dataset=dict(id=os.path.abspath(path), transitions=len(keep), replica=replica),
@@ -444,8 +485,10 @@ def load_data(config, task: Task) -> OfflineData:
     check_arrays(arrays, data.card["dataset"]["id"])
     data.card["dataset"]["fingerprint"] = fingerprint(arrays)
     if config.eval_env is not None:
-        data.make_env = env_maker(config.eval_env, task.domain, eval_horizon(config, task))
+        data.make_env = env_maker(config.eval_env, task.domain, eval_horizon(config, task),
+                                  config.eval_terminations == "d4rl")
         data.card["eval_env"] = config.eval_env
+    data.card["evaluation_ends"] = evaluation_end(config, data.card["eval_env"])
     return data
 
 

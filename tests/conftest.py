@@ -18,7 +18,7 @@ def datasets(tmp_path_factory):
 
 # Structural replicas of the paper's datasets, small enough for CI (make_demo_dataset.make_replica)
 REPLICA_BUILDS = {"kitchen-complete": dict(episodes=3, max_steps=40), "kitchen-mixed": dict(episodes=1, max_steps=10),
-                  "pen-human": dict(episodes=3, max_steps=50), "antmaze-umaze": dict(episodes=3, max_steps=60),
+                  "pen-human": dict(episodes=3, max_steps=50), "pen-cloned": dict(episodes=2, max_steps=80), "antmaze-umaze": dict(episodes=3, max_steps=60),
                   "antmaze-medium-diverse": dict(episodes=3, max_steps=60)}
 
 

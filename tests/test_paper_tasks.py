@@ -90,8 +90,11 @@ def test_eval_env_flag_picks_the_evaluation_env_and_takes_registered_ids_only(re
 from test_scripts import SCRIPTS, run_and_check  # noqa: E402
 
 
+D4RL_INFOS = {"hopper": (-20.272305, 3234.3), "pen": (96.262799, 3076.8331017826877)}  # d4rl/infos.py:139, 229; 117, 207
+
+
 def d4rl_score(robot, episode_return):
-    low, high = tasks.D4RL_REFERENCE[robot]
+    low, high = D4RL_INFOS[robot]  # typed from D4RL, not read from tasks.py (issue 27)
     return 100 * (episode_return - low) / (high - low)
 
 
@@ -99,7 +102,7 @@ FAMILIES = {  # family: (task, observation dims, check of one evaluation's score
     "kitchen": ("kitchen-complete", 59, lambda e: e["normalized_score"] == pytest.approx(25 * e["return"])
                 and e["return"] <= 4 and e["episode_length"] <= 280),
     "adroit": ("pen-human", 45, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("pen", e["return"]))
-               and e["episode_length"] == 100),  # D4RL's pen horizon (Minari's data: 200-step episodes)
+               and e["episode_length"] <= 100),  # D4RL's pen horizon (Minari's data: 200-step episodes), or the drop
     "antmaze": ("antmaze-umaze", 29, lambda e: e["normalized_score"] == pytest.approx(100 * e["success_rate"])
                 and e["episode_length"] == 700),
     "locomotion": ("hopper-medium", 11, lambda e: e["normalized_score"] == pytest.approx(d4rl_score("hopper", e["return"]))
@@ -199,7 +202,7 @@ def test_a_pen_run_records_d4rls_horizon_and_the_task_card(replicas, tmp_path):
 
     result = run_and_check("edp_td3", "pen-human", tmp_path / "run", 5, 5)
     card = result["task"]
-    assert card["max_episode_steps"] == 100 and result["evaluations"][0]["episode_length"] == 100
+    assert card["max_episode_steps"] == 100 and result["evaluations"][0]["episode_length"] <= 100  # or the pen fell
     assert card["dataset"]["id"] == "D4RL/pen/human-v2" and card["dataset"]["replica"] is True
     assert card["eval_env"] == "AdroitHandPen-v1" and card["preset"] == "paper"
     assert "96.262799" in card["score"] and "minmax" in card["reward"] and card["terminals"]

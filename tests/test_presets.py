@@ -179,7 +179,8 @@ def test_the_defaults_table_covers_exactly_the_flags_left_unset(script):
     module = importlib.import_module(script)
     unset = {name for name, value in vars(module.Args()).items() if value is None}
     not_preset = {"dataset_path", "eval_env", "run_dir", "wandb_group", "wandb_entity", "checkpoint",  # no default
-                  "eval_max_steps"}  # None: the task's D4RL horizon (tasks.py), not a preset's
+                  "eval_max_steps",  # None: the task's D4RL horizon (tasks.py), not a preset's
+                  "threads"}  # None: 1, or the count a resumed run was saved with (runs.run_threads)
     assert set(module.PAPER) == set(module.RELEASED) == unset - not_preset
     for task in ONE_TASK_PER_DOMAIN:
         config = resolve(script, task)
