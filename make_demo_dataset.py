@@ -37,7 +37,9 @@ rewards (float32), terminals (falls) and timeouts (the time limit, 1000 unless -
     python make_demo_dataset.py hopper --path hopper-replica.hdf5 --episodes 3
 
 Datasets go to $MINARI_DATASETS_PATH (default ~/.minari/datasets), where `minari.load_dataset`
-and the edp_*.py scripts find them.
+and the edp_*.py scripts find them. Nothing is deleted before its replacement exists: a dataset is
+written in a temporary folder and swapped in at the end; replacing an existing one (or an HDF5 file)
+needs --overwrite, and one this file did not make is never replaced.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
@@ -190,12 +194,29 @@ class Refused(Exception):
     """Bad input, or a file this script did not make in the way: one line, exit code 2, nothing touched."""
 
 
-def _clear(dataset_id: str, overwrite: bool) -> bool:
-    """Delete an existing local dataset that this file made, when overwriting; True if it exists and must be kept.
-    A dataset it did not make (a real download under the same id) is never deleted: Refused."""
+def datasets_root() -> str:
+    """The Minari datasets folder ($MINARI_DATASETS_PATH, else ~/.minari/datasets), made if need be and writable;
+    Refused (one line) if it is a file or cannot be written."""
+    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+    where = "MINARI_DATASETS_PATH" if os.environ.get("MINARI_DATASETS_PATH") else "the default (~/.minari/datasets)"
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise Refused(f"the Minari datasets folder {root} ({where}) is a file, not a folder")
+    try:
+        os.makedirs(root, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as error:
+        raise Refused(f"cannot write to the Minari datasets folder {root} ({where}: {error.strerror or error}); set"
+                      " MINARI_DATASETS_PATH to a writable folder") from None
+    return root
+
+
+def _exists(dataset_id: str) -> bool:
+    """Whether a local dataset of this id exists (one this file made). A dataset it did not make (a real download
+    under the same id) is never touched: Refused."""
     import minari
     from minari.storage import get_dataset_path
 
+    datasets_root()
     path = get_dataset_path(dataset_id)
     if not os.path.exists(path):
         return False
@@ -206,27 +227,64 @@ def _clear(dataset_id: str, overwrite: bool) -> bool:
     if author not in (AUTHOR, {AUTHOR}, [AUTHOR]):
         raise Refused(f"{path} holds a dataset that make_demo_dataset.py did not make (a real download?); it is left"
                       " as it is. Point MINARI_DATASETS_PATH at a folder of its own for replicas")
-    if not overwrite:
-        return True
-    minari.delete_dataset(dataset_id)
-    return False
+    return True
+
+
+def swap_in(new: str, target: str):
+    """Put the folder `new` at `target`. An existing `target` is renamed aside first and deleted only once `new` is
+    in place (a failed rename puts it back); SIGINT and SIGTERM wait for the two renames."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    aside = None
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if os.path.lexists(target):
+            aside = tempfile.mkdtemp(prefix=".replaced-", dir=os.path.dirname(target))
+            os.rename(target, os.path.join(aside, "dataset"))
+        try:
+            os.rename(new, target)
+        except BaseException:
+            if aside is not None:
+                os.rename(os.path.join(aside, "dataset"), target)
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_dataset(dataset_id: str, buffers: list, env: gym.Env, eval_env, **metadata) -> None:
-    """minari.create_dataset_from_buffers, removing the folder a creation that fails half-way leaves."""
+    """minari.create_dataset_from_buffers into a temporary folder beside the datasets, then swapped in: a creation
+    that fails or is stopped half-way leaves the existing dataset (if any) as it was, and no partial one."""
     import minari
     from minari.storage import get_dataset_path
 
+    root = datasets_root()
+    staging = tempfile.mkdtemp(prefix=".make_demo_dataset-", dir=root)
+    previous = os.environ.get("MINARI_DATASETS_PATH")
     try:
-        with warnings.catch_warnings():  # the real kitchen and pen datasets have no eval env either
-            warnings.filterwarnings("ignore", message="`eval_env` is set to None")
-            minari.create_dataset_from_buffers(
-                dataset_id=dataset_id, buffer=buffers, env=env, eval_env=eval_env,
-                author=AUTHOR, author_email="none",
-                code_permalink="make_demo_dataset.py", **metadata)
-    except BaseException:
-        shutil.rmtree(get_dataset_path(dataset_id), ignore_errors=True)
-        raise
+        os.environ["MINARI_DATASETS_PATH"] = staging
+        try:
+            with warnings.catch_warnings():  # the real kitchen and pen datasets have no eval env either
+                warnings.filterwarnings("ignore", message="`eval_env` is set to None")
+                minari.create_dataset_from_buffers(
+                    dataset_id=dataset_id, buffer=buffers, env=env, eval_env=eval_env,
+                    author=AUTHOR, author_email="none",
+                    code_permalink="make_demo_dataset.py", **metadata)
+        finally:
+            if previous is None:
+                del os.environ["MINARI_DATASETS_PATH"]
+            else:
+                os.environ["MINARI_DATASETS_PATH"] = previous
+        namespace = os.path.dirname(dataset_id)
+        if namespace:  # Minari's namespace_metadata.json, where the real folder has none yet
+            made = os.path.join(staging, namespace, "namespace_metadata.json")
+            kept = os.path.join(root, namespace, "namespace_metadata.json")
+            if os.path.exists(made) and not os.path.exists(kept):
+                os.makedirs(os.path.dirname(kept), exist_ok=True)
+                shutil.copy(made, kept)
+        swap_in(os.path.join(staging, dataset_id), str(get_dataset_path(dataset_id)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def make_dataset(kind: str, episodes: int, seed: int = 0, overwrite: bool = True) -> str:
@@ -234,7 +292,7 @@ def make_dataset(kind: str, episodes: int, seed: int = 0, overwrite: bool = True
     from minari.data_collector import EpisodeBuffer
 
     dataset_id = DATASET_IDS[kind]
-    if _clear(dataset_id, overwrite):
+    if _exists(dataset_id) and not overwrite:  # kept as it is
         return dataset_id
     env = make_env(kind)
     env.action_space.seed(seed)
@@ -412,7 +470,7 @@ def make_replica(task: str, episodes: int = 3, seed: int = 0, overwrite: bool = 
     from minari.data_collector import EpisodeBuffer
 
     replica = REPLICAS[task]
-    if _clear(replica.dataset_id, overwrite):
+    if _exists(replica.dataset_id) and not overwrite:  # kept as it is
         return replica.dataset_id
     env = replica.make_env()
     env.action_space.seed(seed)
@@ -491,31 +549,55 @@ class Args:
     path: Optional[str] = None
     """HDF5 kinds: output file (default <robot>-replica.hdf5)"""
     overwrite: bool = False
-    """HDF5 kinds: replace an existing file at --path (without it, an existing file is left alone)"""
+    """replace an existing dataset of this kind (Minari) or file at --path (HDF5); without it, an existing one is
+    refused. A dataset this file did not make is never replaced"""
 
 
 def main(args: Args) -> str:
+    """Every check first (one line, exit 2), then the collection; the dataset replaces an existing one only at the
+    end, and only with --overwrite."""
     if (args.episodes is not None and args.episodes < 1) or (args.max_steps is not None and args.max_steps < 1):
         raise Refused(f"--episodes and --max-steps must be at least 1 (got {args.episodes}, {args.max_steps})")
     if args.kind in LOCOMOTION:
         path = args.path or f"{args.kind}-replica.hdf5"
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise Refused(f"--path {path} is a folder; give a file name (e.g. {os.path.join(path, args.kind)}.hdf5)")
         if os.path.lexists(path) and not args.overwrite:
             raise Refused(f"{path} exists; pass --overwrite to replace it, or choose another --path")
+        if not os.path.isdir(folder):
+            raise Refused(f"--path {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise Refused(f"--path {path}: the folder {folder} cannot be written")
         path = make_d4rl_hdf5(args.kind, path, args.episodes or 3, args.seed, args.max_steps or 1000)
         print(f"wrote D4RL-format HDF5 {path}")
         return path
+    if args.path is not None:
+        raise Refused(f"--path is for the HDF5 kinds ({', '.join(LOCOMOTION)}); {args.kind} is a Minari dataset, written"
+                      " to $MINARI_DATASETS_PATH")
+    dataset_id = REPLICAS[args.kind].dataset_id if args.kind in REPLICAS else DATASET_IDS[args.kind]
+    if _exists(dataset_id) and not args.overwrite:
+        raise Refused(f"the dataset {dataset_id} exists in {datasets_root()}; pass --overwrite to replace it")
     if args.kind in REPLICAS:
-        dataset_id = make_replica(args.kind, args.episodes or 3, args.seed, max_steps=args.max_steps)
+        dataset_id = make_replica(args.kind, args.episodes or 3, args.seed, overwrite=True, max_steps=args.max_steps)
     else:
-        dataset_id = make_dataset(args.kind, args.episodes or 60, args.seed)
-    print(f"wrote Minari dataset {dataset_id} to {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}")
+        dataset_id = make_dataset(args.kind, args.episodes or 60, args.seed, overwrite=True)
+    print(f"wrote Minari dataset {dataset_id} to {datasets_root()}")
     return dataset_id
 
 
+def stop_by_exception(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_by_exception)  # a SIGTERM unwinds as Ctrl-C does: temporary files removed
     try:
         main(tyro.cli(Args))
     except Refused as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("stopped; nothing was replaced (an existing dataset is as it was)", file=sys.stderr)
+        sys.exit(130)
     sys.exit(0)

@@ -121,7 +121,7 @@ def test_a_stopped_sweep_saves_every_running_run_and_continues_them(how, dataset
     checkpoint, the sweep exits 130 with one line, and the same command continues them."""
     out_dir = tmp_path / "sweep"
     command = [sys.executable, "reproduce.py", "--tasks", datasets["pendulum"], "--algos", "td3", "--seeds", "0", "1",
-               "--out-dir", str(out_dir), "--script-args=--total-steps 100000 --eval-every 5 " + " ".join(QUICK)]
+               "--out-dir", str(out_dir), "--script-args=--total-steps 100000 --eval-every 5 --compile off " + " ".join(TINY)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     folders = [out_dir / "runs" / "td3" / datasets["pendulum"].replace("/", "-") / f"seed{seed}" for seed in (0, 1)]
@@ -169,3 +169,60 @@ def test_a_sweep_refuses_an_out_dir_it_cannot_write(case, tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert process.returncode == 2 and process.stderr.startswith(message) and process.stderr.count("\n") == 1, \
         process.stderr
+
+
+# -- 3. nothing deleted before its replacement exists ---------------------------------------------------------
+def make_demo(folder, *flags, **kwargs):
+    command = [sys.executable, os.path.join(ROOT, "make_demo_dataset.py"), *flags]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | dict(MINARI_DATASETS_PATH=str(folder)), **kwargs)
+
+
+def episodes_of(folder, dataset_id):
+    """The number of episodes of a dataset in `folder`, read in a process of its own."""
+    code = f"import minari; print(minari.load_dataset({dataset_id!r}).total_episodes)"
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env=os.environ | dict(MINARI_DATASETS_PATH=str(folder)))
+    assert process.returncode == 0, process.stderr
+    return int(process.stdout)
+
+
+@pytest.mark.parametrize("kind, dataset_id, flags", [("pendulum", "edp/pendulum-mixed-v0", ["--episodes", "2"]),
+                                                     ("pen-human", "D4RL/pen/human-v2", ["--episodes", "2",
+                                                                                         "--max-steps", "5"])])
+def test_a_dataset_is_replaced_only_with_overwrite_and_a_stop_leaves_the_old_one(kind, dataset_id, flags, tmp_path):
+    folder = tmp_path / "minari"
+    process = make_demo(folder, kind, *flags)
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    process = make_demo(folder, kind, *flags)  # again, without --overwrite: refused, kept
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2 and stderr.startswith(f"error: the dataset {dataset_id} exists") \
+        and stderr.count("\n") == 1, stderr
+    # --overwrite with many episodes, stopped while it collects: the old dataset is as it was
+    process = make_demo(folder, kind, "--overwrite", "--episodes", "100000")
+    time.sleep(15)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert episodes_of(folder, dataset_id) == 2
+    assert sorted(os.listdir(folder)) == sorted(["edp"] if kind == "pendulum" else ["D4RL"])  # no temporary folder
+    process = make_demo(folder, kind, "--overwrite", "--episodes", "3", *flags[2:])
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert episodes_of(folder, dataset_id) == 3
+    assert [name for name in os.listdir(folder) if name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("case", ["missing-folder", "folder-with-overwrite", "minari-path-a-file"])
+def test_make_demo_dataset_refuses_an_unwritable_destination_before_collecting(case, tmp_path):
+    folder, flags = tmp_path / "minari", []
+    if case == "missing-folder":
+        flags, message = ["hopper", "--path", str(tmp_path / "missing" / "h.hdf5")], "does not exist"
+    elif case == "folder-with-overwrite":
+        flags, message = ["hopper", "--path", str(tmp_path), "--overwrite"], "is a folder"
+    else:
+        folder.write_text("")
+        flags, message = ["pendulum"], "is a file, not a folder"
+    process = make_demo(folder, *flags, "--episodes", "1")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, \
+        stderr
