@@ -104,7 +104,8 @@ class Args:
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------
-SWEEP_FLAGS = ("--env", "--seed", "--run-dir", "--wandb-group", "--preset", "--dataset-path", "--resume")  # set per run
+SWEEP_FLAGS = ("--env", "--seed", "--run-dir", "--wandb-group", "--preset", "--dataset-path", "--resume",
+               "--threads")  # set per run
 
 
 @dataclass
@@ -150,7 +151,8 @@ def plan(args: Args) -> list:
                 run_dir = os.path.join(args.out_dir, "runs", algo, task.replace("/", "-"), f"seed{seed}")
                 command = [sys.executable, os.path.join(ROOT, f"edp_{algo}.py"), "--env", task, "--seed", str(seed),
                            "--run-dir", run_dir, "--wandb-group", group, "--preset", args.preset,
-                           *shlex.split(args.script_args)]
+                           # a fixed count, recorded in the run: its numbers do not depend on what else runs
+                           "--threads", str(max(1, int(args.cpus_per_run))), *shlex.split(args.script_args)]
                 if task in DOMAIN_TASKS["locomotion"]:
                     command += ["--dataset-path", d4rl_file(args.d4rl_dir or ".", task)]
                 runs.append(Run(algo, task, seed, run_dir, command))
