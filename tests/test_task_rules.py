@@ -27,14 +27,21 @@ def episode_rule(name):
     def reward(episode, rewards):
         return dataset(episode, rewards) | rewards.astype(bool)
 
-    return dict(dataset=dataset, last_step=last_step, reward=reward)[name]
+    def pen_dropped(episode, rewards):
+        # D4RL pen_v0.py:85-87: done when the pen's height obj_pos[2] < 0.075 after the step; obj_pos is
+        # observation[24:27] of AdroitHandPen's 45-d observation (adroit_pen.py _get_obs: 24 hand joints first)
+        return dataset(episode, rewards) | (np.asarray(episode.observations)[1:, 26] < 0.075)
+
+    return dict(dataset=dataset, last_step=last_step, reward=reward, pen_dropped=pen_dropped)[name]
 
 
 # (task, --terminals) -> (words the card's terminals text must hold, the rule the done flags follow).
-# To add a rule (e.g. pen's when tasks.py gains it): one row with its words and its rule function above.
+# To add a rule: one row with its words and its rule function above.
 TERMINAL_RULES = {
     ("antmaze-umaze", "d4rl"): (("goal reached", "relabelled reward"), "reward"),
     ("kitchen-complete", "d4rl"): (("last step of each demonstration",), "last_step"),
+    ("pen-cloned", "d4rl"): (("pen dropped", "0.075"), "pen_dropped"),
+    ("pen-human", "d4rl"): (("the dataset's terminations",), "dataset"),  # D4RL's human demonstrations mark none
     ("antmaze-umaze", "dataset"): (("the dataset's terminations",), "dataset"),
     ("kitchen-complete", "dataset"): (("the dataset's terminations",), "dataset"),
     ("pen-human", "dataset"): (("the dataset's terminations",), "dataset"),
