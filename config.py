@@ -23,8 +23,8 @@ from tasks import Task, UsageError
 @dataclass
 class CommonArgs:
     # -- task and data
-    env: str = "hopper-medium"
-    """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id"""
+    env: str = "edp/pendulum-mixed-v0"
+    """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id (default: the offline demo, made on first use in seconds)"""
     preset: Literal["paper", "released"] = "paper"
     """what fills every flag left unset: paper (Table 3 and the text) or released (the authors' code); README lists the differences"""
     dataset_path: Optional[str] = None
@@ -45,7 +45,7 @@ class CommonArgs:
     init: Literal["lecun", "torch"] = "lecun"
     """initial weights of every layer: lecun (LeCun-normal weights, zero biases: Flax's nn.Dense default, the authors' networks) or torch (PyTorch's nn.Linear default)"""
     total_steps: Optional[int] = None
-    """gradient steps (default: epochs x 1000, Table 3: 2000 epochs on locomotion, 1000 elsewhere)"""
+    """gradient steps (default: epochs x 1000, Table 3: 2000 epochs on locomotion, 1000 elsewhere; 6000 on the offline demo)"""
     batch_size: int = 256
     """transitions per gradient step"""
     lr: Optional[float] = None
@@ -92,7 +92,7 @@ class CommonArgs:
     policy_scale: float = 1.0
     """evaluation: multiply eps_theta by this (> 1 samples a sharper policy, App. C.4)"""
     eval_every: Optional[int] = None
-    """gradient steps between evaluations (default: 10 epochs = 10000)"""
+    """gradient steps between evaluations (default: 10 epochs = 10000; 1000 on the offline demo)"""
     eval_episodes: Optional[int] = None
     """episodes per evaluation, all stepped together (default: 10; 100 on antmaze; released: 10)"""
     eas_samples: Optional[int] = None
@@ -187,6 +187,11 @@ LIKELIHOOD_PAPER = {"elbo_weights": "eq12"}  # Eq. 12
 LIKELIHOOD_RELEASED = {"elbo_weights": "authors"}  # sail-sg/edp diffusion.py:207-208, 727 (CRR's elbo mode)
 
 
+# The offline demo (make_demo_dataset.py pendulum; no paper task): a quick-start's length under both presets, the run
+# the README measured (its policy reaches the controller's score by step 3000-6000)
+DEMO = {"total_steps": {"edp/pendulum-mixed-v0": 6000}, "eval_every": {"edp/pendulum-mixed-v0": 1000}}
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -201,6 +206,7 @@ def preset_value(row, task: Task):
 def resolve_config(args, task: Task, paper: dict, released: dict):
     """Every flag left unset takes its preset's value on the task (the script's tables); then all are checked."""
     table = paper if args.preset == "paper" else released
+    table = table | {key: row for key, row in DEMO.items() if task.name in row}
     filled = {key: preset_value(row, task) for key, row in table.items() if getattr(args, key) is None}
     filled |= {key: preset_value(paper[key], task) for key, value in filled.items() if value is None}
     if args.device == "auto":

@@ -2,7 +2,7 @@
 
     python edp_crr.py --env hopper-medium
     python edp_crr.py --env pen-human --likelihood elbo          # Eq. 12 instead of Eq. 13
-    python edp_crr.py --env edp/pendulum-mixed-v0 --total-steps 6000   # offline demo
+    python edp_crr.py                                            # the offline demo, made on first use
 
 The diffusion policy is trained by weighted maximum likelihood (Eq. 11): the intractable log pi(a|s)
 is replaced by the Gaussian surrogate N(a; a0_hat, sigma^2 I) around the action approximation

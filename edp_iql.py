@@ -2,7 +2,7 @@
 
     python edp_iql.py --env antmaze-medium-play
     python edp_iql.py --env kitchen-mixed --likelihood elbo      # Eq. 12 instead of Eq. 13
-    python edp_iql.py --env edp/pendulum-mixed-v0 --total-steps 6000   # offline demo
+    python edp_iql.py                                            # the offline demo, made on first use
 
 Policy evaluation never queries the policy: V(s) is fit by expectile regression to min(Q1, Q2) of
 the target critics and Q to r + gamma V(s'). The diffusion policy is trained by weighted maximum

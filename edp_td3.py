@@ -3,7 +3,7 @@
     python edp_td3.py --env hopper-medium
     python edp_td3.py --env walker2d-medium-expert --dataset-path walker2d_medium_expert-v2.hdf5
     python edp_td3.py --env hopper-medium --no-action-approx --sampler ddpm   # Diffusion-QL ("w/o AP")
-    python edp_td3.py --env edp/pendulum-mixed-v0 --total-steps 6000          # offline demo
+    python edp_td3.py                                                     # the offline demo, made on first use
 
 The critics learn the TD target r + gamma (1 - done) min(Q1', Q2')(s', a') with a' sampled from the EMA
 policy by DPM-Solver (Eq. 6). The policy minimises L_diff + eta * L_pi, where L_pi = -lambda Q(s, a0_hat)

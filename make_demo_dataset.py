@@ -314,6 +314,25 @@ def make_dataset(kind: str, episodes: int, seed: int = 0, overwrite: bool = True
     return dataset_id
 
 
+def make_on_first_use(dataset_id: str) -> bool:
+    """An offline demo dataset (an id of DATASET_IDS) made where it is missing, with one line saying so; runs that
+    start together make it once (a lock in the datasets folder). The edp_*.py scripts call this instead of a
+    download: the demos exist nowhere to download."""
+    import fcntl
+
+    from minari.storage import get_dataset_path
+
+    kind = next(kind for kind, name in DATASET_IDS.items() if name == dataset_id)
+    root = datasets_root()
+    with open(os.path.join(root, ".make_demo_dataset.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isdir(os.path.join(get_dataset_path(dataset_id), "data")):
+            print(f"making the offline demo dataset {dataset_id} in {root} (first use, a few seconds; the same as"
+                  f" `python make_demo_dataset.py {kind}`)", flush=True)
+            make_dataset(kind, 60)
+    return True
+
+
 # ---- structural replicas of the paper's Minari datasets -------------------------------------------
 # Constants from github.com/Farama-Foundation/minari-dataset-generation-scripts ("scripts" below).
 R, G = "r", "g"  # gymnasium_robotics.envs.maze.maps: reset and goal cells

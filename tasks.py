@@ -221,6 +221,13 @@ def open_minari(dataset_id: str):
 
     path = get_dataset_path(dataset_id)
     local = os.path.isdir(os.path.join(path, "data"))
+    if not local:  # the offline demos are made on first use (seconds): they exist nowhere to download
+        import make_demo_dataset as demo
+
+        try:
+            local = dataset_id in demo.DATASET_IDS.values() and demo.make_on_first_use(dataset_id)
+        except (demo.Refused, OSError) as error:
+            raise UsageError(f"the demo dataset {dataset_id} could not be made ({one_line(error)})") from None
     for name in ("metadata.json", "main_data.hdf5"):  # a FIFO or device here would block the reader forever
         file = os.path.join(path, "data", name)
         if os.path.lexists(file) and not stat.S_ISREG(os.stat(file).st_mode):
