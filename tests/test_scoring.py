@@ -249,15 +249,22 @@ def test_a_run_writes_rat_oms_and_keeps_the_best_evaluation_as_checkpoint_best(d
 # reproduce.py's tables: our RAT / OMS beside the published ones
 # ----------------------------------------------------------------------------------------------
 def test_the_tables_put_the_published_scores_beside_ours(tmp_path):
-    """Two seeds of TD3 on hopper-medium with RAT 80 and 84 (mean 82.0, std 2.0) and OMS 99 and 97 (98.0, 1.0):
-    Table 2's paper column is the paper's 81.9 (its Table 2 / Table 5 "Average"), diff 82.0 - 81.9 = 0.1;
-    Table 5 adds the paper's OMS, 98.6 ("Best")."""
+    """TD3 on hopper-medium, two seeds with RAT 80 and 84 (mean 82.0, std 2.0) and OMS 99 and 97 (98.0, 1.0): Table
+    2's paper column is the paper's 81.9 (its Table 2 / Table 5 "Average"), diff 82.0 - 81.9 = 0.1; Table 5 adds
+    the paper's OMS, 98.6 ("Best"). walker2d-medium, one seed with RAT 90: paper 86.9, diff 3.1. The locomotion
+    average of the two: ours (82 + 90) / 2 = 86.0, the paper's (81.9 + 86.9) / 2 = 84.4, diff 1.6."""
     def run(rat, oms):
         return dict(rat=rat, oms=oms, config=dict(preset="released"), evaluations=[dict(step=1, normalized_score=oms)])
 
-    rows2, rows5 = reproduce.tables({("td3", "hopper-medium"): [run(80.0, 99.0), run(84.0, 97.0)]}, str(tmp_path))
-    row2 = next(row for row in rows2 if row["task"] == "hopper-medium")
-    row5 = next(row for row in rows5 if row["task"] == "hopper-medium")
-    assert row2["td3 RAT"] == "82.0 ± 2.0" and row2["td3 paper"] == 81.9 and row2["td3 diff"] == pytest.approx(0.1)
-    assert row5["td3 OMS"] == "98.0 ± 1.0" and row5["td3 paper RAT"] == 81.9 and row5["td3 paper OMS"] == 98.6
+    results = {("td3", "hopper-medium"): [run(80.0, 99.0), run(84.0, 97.0)], ("td3", "walker2d-medium"): [run(90.0, 91.0)]}
+    rows2, rows5 = reproduce.tables(results, str(tmp_path))
+    row2, row5 = ({row["task"]: row for row in rows} for rows in (rows2, rows5))
+    hopper, walker, average = row2["hopper-medium"], row2["walker2d-medium"], row2["locomotion average"]
+    assert hopper["td3 RAT"] == "82.0 ± 2.0" and hopper["td3 paper"] == 81.9 and hopper["td3 diff"] == pytest.approx(0.1)
+    assert walker["td3 paper"] == 86.9 and walker["td3 diff"] == pytest.approx(3.1)
+    assert average["td3 RAT"] == "86.0" and average["td3 paper"] == pytest.approx(84.4)
+    assert average["td3 diff"] == pytest.approx(1.6)
+    assert row5["hopper-medium"]["td3 OMS"] == "98.0 ± 1.0"
+    assert (row5["hopper-medium"]["td3 paper RAT"], row5["hopper-medium"]["td3 paper OMS"]) == (81.9, 98.6)
+    assert (row5["walker2d-medium"]["td3 paper RAT"], row5["walker2d-medium"]["td3 paper OMS"]) == (86.9, 89.6)
     assert "| hopper-medium | 82.0 ± 2.0 | 81.9 | 0.1 |" in (tmp_path / "table2.md").read_text()
