@@ -1,7 +1,7 @@
 """Reproduce the paper's tables: edp_{td3,crr,iql}.py x tasks x seeds on Ray, then tables and plots.
 
     python reproduce.py --domains antmaze kitchen adroit            # 3 algorithms x 11 tasks x 5 seeds
-    python reproduce.py --domains locomotion --d4rl-dir ~/d4rl      # needs D4RL's HDF5 files
+    python reproduce.py --domains locomotion                         # D4RL's HDF5 files, fetched into ~/.d4rl/datasets
     python reproduce.py --address auto ...                          # on a running Ray cluster
     python reproduce.py --report-only --out-dir sweeps/released     # tables and plots from the files
     python reproduce.py --preset paper ...                          # Table 3 and the text instead
@@ -86,7 +86,7 @@ class Args:
     out_dir: Optional[str] = None
     """runs, tables and plots go here (default: sweeps/<preset>)"""
     d4rl_dir: Optional[str] = None
-    """folder of D4RL's HDF5 files (e.g. hopper_medium_replay-v2.hdf5) for the locomotion tasks"""
+    """folder of D4RL's HDF5 files (e.g. hopper_medium_replay-v2.hdf5) for the locomotion tasks, passed to each run as --dataset-path (default: D4RL's own folder, $D4RL_DATASET_DIR or ~/.d4rl/datasets, where missing files are downloaded before the runs start)"""
     address: Optional[str] = None
     """an existing Ray cluster ("auto" or host:port); default: a Ray instance on this machine"""
     cpus_per_run: float = 1.0
@@ -136,9 +136,13 @@ class Run:
         return not self.finished and os.path.isfile(os.path.join(self.run_dir, "checkpoint_last.pt"))
 
 
-def d4rl_file(d4rl_dir: str, task: str) -> str:
-    robot, quality = task.split("-", 1)
-    return os.path.join(os.path.expanduser(d4rl_dir), f"{robot}_{quality.replace('-', '_')}-v2.hdf5")
+def d4rl_file(args: Args, task: str) -> str:
+    """The D4RL file a locomotion run reads: in --d4rl-dir, else in D4RL's own folder (d4rl_files.py)."""
+    import d4rl_files
+
+    if args.d4rl_dir:
+        return os.path.join(os.path.expanduser(args.d4rl_dir), d4rl_files.file_name(task))
+    return d4rl_files.local_path(task)
 
 
 def plan(args: Args) -> list:
@@ -153,8 +157,8 @@ def plan(args: Args) -> list:
                            "--run-dir", run_dir, "--wandb-group", group, "--preset", args.preset,
                            # a fixed count, recorded in the run: its numbers do not depend on what else runs
                            "--threads", str(max(1, int(args.cpus_per_run))), *shlex.split(args.script_args)]
-                if task in DOMAIN_TASKS["locomotion"]:
-                    command += ["--dataset-path", d4rl_file(args.d4rl_dir or ".", task)]
+                if task in DOMAIN_TASKS["locomotion"] and args.d4rl_dir:  # else the run reads D4RL's own folder
+                    command += ["--dataset-path", d4rl_file(args, task)]
                 runs.append(Run(algo, task, seed, run_dir, command))
     return runs
 
@@ -209,12 +213,33 @@ def check_out_dir(args: Args, runs: list):
                  f" {' '.join(run.done_command[1:]) or 'an unknown command'}); choose another --out-dir")
 
 
+def missing_d4rl_files(args: Args, runs: list) -> list:
+    """The locomotion tasks of runs still to do whose D4RL file is not there yet."""
+    return sorted({run.task for run in runs if run.task in DOMAIN_TASKS["locomotion"] and not run.finished
+                   and not os.path.isfile(d4rl_file(args, run.task))})
+
+
 def check_d4rl_files(args: Args, runs: list):
-    missing = sorted({run.command[-1] for run in runs if run.task in DOMAIN_TASKS["locomotion"]
-                      and not os.path.isfile(run.command[-1])})
-    if missing and not (args.report_only or args.dry_run):
-        fail(f"the locomotion tasks need D4RL's HDF5 files in --d4rl-dir (missing {len(missing)}, e.g. {missing[0]});"
-             f" or leave them out with --domains antmaze adroit kitchen")
+    """With --d4rl-dir every file must be there; without, the missing ones are downloaded into D4RL's folder now, one
+    after the other, before any run starts (d4rl_files.py: resumed, checked, renamed when complete)."""
+    missing = missing_d4rl_files(args, runs)
+    if not missing or args.report_only or args.dry_run:
+        return
+    if args.d4rl_dir:
+        fail(f"the locomotion tasks need D4RL's HDF5 files in --d4rl-dir (missing {len(missing)}, e.g."
+             f" {d4rl_file(args, missing[0])}); leave out --d4rl-dir to download them into D4RL's folder, or leave the"
+             f" tasks out with --domains antmaze adroit kitchen")
+    import d4rl_files
+
+    try:
+        for task in missing:
+            d4rl_files.fetch(task)
+    except d4rl_files.DownloadError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        print("stopped during the download of D4RL's files; no run started (the part received is resumed next time)",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def check_address(address: str):
@@ -541,9 +566,14 @@ def main(args: Args):
     if args.dry_run:
         for run in runs:
             state = "finished, skip" if run.finished else ("resume" if run.interrupted else "start")
-            if run.task in DOMAIN_TASKS["locomotion"] and not os.path.isfile(run.command[-1]):
-                state = "no D4RL file"
+            if (not run.finished and run.task in DOMAIN_TASKS["locomotion"]
+                    and not os.path.isfile(d4rl_file(args, run.task))):
+                state = "no D4RL file" if args.d4rl_dir else "fetch, start"
             print(f"{state:15s} {' '.join(run.command[1:])}")
+        missing = [] if args.d4rl_dir else missing_d4rl_files(args, runs)
+        if missing:
+            print(f"{len(missing)} D4RL files to download into {os.path.dirname(d4rl_file(args, missing[0]))} before the"
+                  f" runs start")
         print(f"{len(runs)} runs")
         return
     stop = SweepStop()

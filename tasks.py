@@ -64,9 +64,9 @@ TASKS = {}
 # D4RL's files come from the -v2 MuJoCo models; -v4 is the closest still registered (-v5 changed the models)
 for _robot, _env_id in [("halfcheetah", "HalfCheetah-v4"), ("hopper", "Hopper-v4"), ("walker2d", "Walker2d-v4")]:
     for _quality in ("medium", "medium-replay", "medium-expert"):
-        # Minari's mujoco/<robot>/medium-v0 is new data on the v5 envs, not D4RL's -v2 data
-        _minari = f"mujoco/{_robot}/medium-v0" if _quality == "medium" else None
-        TASKS[f"{_robot}-{_quality}"] = Task(f"{_robot}-{_quality}", "locomotion", _minari, _env_id,
+        # D4RL's own -v2 file (d4rl_files.py: fetched into D4RL's folder); Minari's mujoco/<robot>/medium-v0 is other
+        # data (new, on the v5 envs), read by its own id
+        TASKS[f"{_robot}-{_quality}"] = Task(f"{_robot}-{_quality}", "locomotion", None, _env_id,
                                              D4RL_REFERENCE[_robot], D4RL_HORIZONS["locomotion"])
 for _maze in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"):
     TASKS[f"antmaze-{_maze}"] = Task(f"antmaze-{_maze}", "antmaze", f"D4RL/antmaze/{_maze}-v1", None,
@@ -313,7 +313,9 @@ def load_minari(task: Task, config) -> OfflineData:
         reference = (metadata["ref_min_score"], metadata["ref_max_score"])
     card = dict(
         dataset=dict(id=dataset_id, episodes=dataset.total_episodes,
-                     replica=str(metadata.get("algorithm_name", "")).startswith("replica")),
+                     replica=str(metadata.get("algorithm_name", "")).startswith("replica"),
+                     **({"what": "Minari's own MuJoCo data (collected anew on the -v5 env), not D4RL's -v2 file of the"
+                                 " paper's locomotion tasks"} if dataset_id.startswith("mujoco/") else {})),
         eval_env=spec.id,
         terminals=terminal_rule(task) if d4rl_terminals else "the dataset's terminations",
         reward=f"relabelled: 1 within {ANTMAZE_RELABEL_RADIUS} of the evaluation goal {goal.tolist()}" if goal is not None
@@ -324,10 +326,11 @@ def load_minari(task: Task, config) -> OfflineData:
                        spaces=(dataset.spec.observation_space, dataset.spec.action_space))
 
 
-def load_hdf5(task: Task, config) -> OfflineData:
+def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
+    """A D4RL HDF5 file: `path`, else --dataset-path."""
     import h5py
 
-    path = config.dataset_path
+    path = path or config.dataset_path
     if task.env_id is None:
         raise UsageError(f"--dataset-path is for the D4RL locomotion tasks; {task.name} is read from Minari"
                          f" ({task.minari_id})")
@@ -357,7 +360,11 @@ def load_hdf5(task: Task, config) -> OfflineData:
     next_observations = data["next_observations"][keep] if "next_observations" in data else data["observations"][keep + 1]
     episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts) + 1]
     episode_starts = episode_starts[episode_starts < len(terminals)]  # a last episode without an end flag is its own
-    card = dict(dataset=dict(id=os.path.abspath(path), transitions=len(keep), replica=replica),
+    from d4rl_files import rows_note
+
+    size = rows_note(task.name, len(data["observations"]))  # said once the data are accepted (prepare_data)
+    card = dict(dataset=dict(id=os.path.abspath(path), transitions=len(keep), replica=replica,
+                             **({"size_differs": size} if size else {})),
                 eval_env=config.eval_env or task.env_id, terminals="the file's terminals (D4RL's)",
                 reward="the file's", score=score_card(task, task.ref_scores))
     return OfflineData(
@@ -486,7 +493,18 @@ def fingerprint(arrays: dict) -> str:
 
 def load_data(config, task: Task) -> OfflineData:
     """The task's data, checked, with the environment it is evaluated in."""
-    data = load_hdf5(task, config) if config.dataset_path else load_minari(task, config)
+    if config.dataset_path:
+        data = load_hdf5(task, config)
+    elif task.domain == "locomotion" and task.name in TASKS:  # D4RL's own file, fetched into D4RL's folder if missing
+        import d4rl_files
+
+        try:
+            data = load_hdf5(task, config, d4rl_files.fetch(task.name))
+        except d4rl_files.DownloadError as error:
+            raise UsageError(str(error)) from None
+        data.card["dataset"]["source"] = f"D4RL's {d4rl_files.file_name(task.name)} ({d4rl_files.url(task.name)})"
+    else:
+        data = load_minari(task, config)
     arrays = dict(observations=data.observations, actions=data.actions, rewards=data.rewards,
                   next_observations=data.next_observations, dones=data.dones)
     check_arrays(arrays, data.card["dataset"]["id"])
@@ -510,6 +528,8 @@ def prepare_data(config, task: Task) -> tuple:
         raise UsageError(f"the evaluation env {data.card['eval_env']} cannot be made as the dataset's metadata"
                          f" describes it ({one_line(error)})") from None
     action_low, action_high = check_spaces(data, env)
+    if "size_differs" in data.card["dataset"]:
+        print(f"warning: {data.card['dataset']['id']}: {data.card['dataset']['size_differs']}", file=sys.stderr, flush=True)
     data.card["max_episode_steps"] = env.spec.max_episode_steps
     env.close()
     data.card["reward"] += f"; transform {config.reward_transform}: {REWARD_TRANSFORMS[config.reward_transform]}"

@@ -1,11 +1,18 @@
 """Small real Minari datasets, made once per test session in a temporary folder (no network)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # Minari cannot download here: fail at once instead of timing out
 os.environ["WANDB_SILENT"] = "true"
+# D4RL's files (d4rl_files.py): never D4RL's host nor the user's folder; a test serving a replica sets its own mirror
+os.environ["D4RL_DATASET_DIR"] = tempfile.mkdtemp(prefix="edp-tests-d4rl-")
+atexit.register(shutil.rmtree, os.environ["D4RL_DATASET_DIR"], True)
+os.environ["EDP_D4RL_MIRROR"] = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
 
 
 @pytest.fixture(scope="session")

@@ -60,12 +60,22 @@ def test_dry_run_lists_runs_and_bad_input_is_one_line(tmp_path):
                              cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0 and process.stdout.strip().endswith("16 runs")
     assert "edp_iql.py --env antmaze-medium-play --seed 1" in process.stdout
+    # D4RL's files are fetched into D4RL's folder before the runs (conftest: a mirror where nothing listens)
     process = subprocess.run([sys.executable, "reproduce.py", "--domains", "locomotion", "--out-dir", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True)
-    assert process.returncode == 2 and process.stderr.startswith("error: the locomotion tasks need D4RL's HDF5")
+    assert process.returncode == 2 and process.stderr.startswith("error: D4RL's halfcheetah_medium-v2.hdf5 is not in")
+    assert len(process.stderr.strip().splitlines()) == 1 and "put it at" in process.stderr
+    process = subprocess.run([sys.executable, "reproduce.py", "--domains", "locomotion", "--out-dir", str(tmp_path),
+                              "--d4rl-dir", str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 2 and process.stderr.startswith("error: the locomotion tasks need D4RL's HDF5 files in"
+                                                                 " --d4rl-dir (missing 9")
     assert len(process.stderr.strip().splitlines()) == 1
     process = subprocess.run([sys.executable, "reproduce.py", "--domains", "locomotion", "--dry-run"],
-                             cwd=ROOT, capture_output=True, text=True)  # a dry run lists them anyway
+                             cwd=ROOT, capture_output=True, text=True)  # a dry run needs no --d4rl-dir
+    assert process.returncode == 0 and process.stdout.count("fetch, start") == 9 * 3 * 5
+    assert "--dataset-path" not in process.stdout and "9 D4RL files to download into" in process.stdout
+    process = subprocess.run([sys.executable, "reproduce.py", "--domains", "locomotion", "--dry-run", "--d4rl-dir",
+                              str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0 and process.stdout.count("no D4RL file") == 9 * 3 * 5
 
 
