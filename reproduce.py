@@ -11,8 +11,11 @@ A run that finished (its done.json, written once its last evaluation is in its s
 skipped; an interrupted one (a checkpoint but no done.json) continues with --resume. Ctrl-C or
 SIGTERM stops the sweep as it stops a run: every running run saves its checkpoint, the sweep
 waits for them and exits 130; the same command again continues them. From the runs' summary.json files it writes, next to the paper's numbers:
-  table2.md / .csv   RAT, mean +- std over seeds, by task and domain average (paper Table 2)
+  table2.md / .csv   RAT, mean +- std over seeds and the IQM with its 95% stratified bootstrap CI, by task and
+                     domain (paper Table 2)
   table5.md / .csv   RAT and OMS side by side (paper Table 5)
+  statistics.md/.csv each algorithm's IQM [95% CI] and mean +- std over all its tasks and per domain
+  performance_profile.png  fraction of runs with score > tau, vs tau (Agarwal et al. 2021)
   curves/<task>.png  normalised score per evaluation, its running average and the best so far
                      (paper Fig. 3), mean over seeds with the spread shaded
 """
@@ -440,6 +443,57 @@ def domain_of(task: str) -> str:
     return next((domain for domain, tasks in DOMAIN_TASKS.items() if task in tasks), "other")
 
 
+# ---- statistics over seeds: Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021) ---------
+# As its library rliable (google-research/rliable, library.py and metrics.py), in numpy: rliable itself pulls in arch,
+# scipy, pandas and seaborn, none of which the scripts need.
+BOOTSTRAP_REPS = 10_000  # resamples of each confidence interval
+BOOTSTRAP_SEED = 0  # the intervals are the same numbers every time the report is written
+CONFIDENCE = 0.95
+
+
+def iqm(scores, axis=None):
+    """Interquartile mean: the mean of the middle half of the scores, int(n / 4) cut from each end (rliable's
+    aggregate_iqm, scipy.stats.trim_mean(scores, 0.25)); along `axis` of an array, or of all values."""
+    values = np.sort(np.asarray(scores, dtype=float).reshape(-1) if axis is None else np.asarray(scores, float), axis=-1)
+    cut = int(0.25 * values.shape[-1])
+    return values[..., cut:values.shape[-1] - cut].mean(axis=-1)
+
+
+def stratified_resamples(per_task: list, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """(reps, runs): each task's runs drawn again with replacement, as many as it has, side by side (the stratified
+    bootstrap: a task keeps its number of runs in every resample)."""
+    return np.concatenate([np.asarray(runs, dtype=float)[rng.integers(0, len(runs), (reps, len(runs)))]
+                           for runs in per_task if len(runs)], axis=1)
+
+
+def iqm_interval(per_task: list, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED) -> tuple:
+    """(IQM of all runs, low, high): the 95% percentile interval of the IQM over stratified bootstrap resamples of the
+    runs of each task (rliable's get_interval_estimates with StratifiedBootstrap, method 'percentile')."""
+    resampled = iqm(stratified_resamples(per_task, reps, np.random.default_rng(seed)), axis=1)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return float(iqm(np.concatenate([np.asarray(runs, float) for runs in per_task]))), *(
+        float(value) for value in np.percentile(resampled, [tail, 100 - tail]))
+
+
+def performance_profile(per_task: list, taus: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED):
+    """The fraction of runs with a score above each tau, each task weighing the same (the mean over tasks of the
+    fraction of its runs; rliable's score distribution), with its 95% stratified bootstrap band: (profile, low, high)."""
+    def fractions(runs):  # (..., runs) -> (..., taus)
+        return (np.asarray(runs, float)[..., None] > taus).mean(axis=-2)
+
+    rng = np.random.default_rng(seed)
+    profile = np.mean([fractions(runs) for runs in per_task], axis=0)
+    resampled = np.mean([fractions(np.asarray(runs, float)[rng.integers(0, len(runs), (reps, len(runs)))])
+                         for runs in per_task], axis=0)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    return profile, *np.percentile(resampled, [tail, 100 - tail], axis=0)
+
+
+def interval_text(per_task: list) -> str:
+    value, low, high = iqm_interval(per_task)
+    return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def tables(results: dict, out_dir: str) -> tuple:
     algos = [a for a in ALGORITHMS if any(key[0] == a for key in results)]
     tasks = sorted({key[1] for key in results}, key=lambda t: (list(DOMAIN_TASKS).index(domain_of(t))
@@ -453,7 +507,7 @@ def tables(results: dict, out_dir: str) -> tuple:
             paper_rat, paper_oms = PUBLISHED_SCORES.get(task, {}).get(algo, (None, None))
             row2 |= {f"{algo} RAT": mean_std(rat), f"{algo} paper": paper_rat,
                      f"{algo} diff": round(np.mean(rat) - paper_rat, 1) if rat and paper_rat is not None else None,
-                     f"{algo} seeds": len(rat)}
+                     f"{algo} seeds": len(rat), f"{algo} IQM [95% CI]": interval_text([rat]) if rat else None}
             row5 |= {f"{algo} RAT": mean_std(rat), f"{algo} OMS": mean_std(oms),
                      f"{algo} paper RAT": paper_rat, f"{algo} paper OMS": paper_oms}
             row2[f"_{algo}_rat"], row2[f"_{algo}_paper"] = (np.mean(rat) if rat else None), paper_rat
@@ -467,16 +521,69 @@ def tables(results: dict, out_dir: str) -> tuple:
         for algo in algos:
             ours = [row[f"_{algo}_rat"] for row in members if row[f"_{algo}_rat"] is not None]
             paper = [row[f"_{algo}_paper"] for row in members if row[f"_{algo}_paper"] is not None]
+            per_task = [[s["rat"] for s in results[(algo, r["task"])]] for r in members if (algo, r["task"]) in results]
             average |= {f"{algo} RAT": f"{np.mean(ours):.1f}" if ours else "-",
                         f"{algo} paper": round(float(np.mean(paper)), 1) if len(paper) == len(members) else None,
                         f"{algo} diff": round(float(np.mean(ours) - np.mean(paper)), 1)
                         if ours and len(paper) == len(members) == len(ours) else None,
-                        f"{algo} seeds": ""}
+                        f"{algo} seeds": "", f"{algo} IQM [95% CI]": interval_text(per_task) if per_task else None}
         rows2.append(average)
     rows2 = [{key: value for key, value in row.items() if not key.startswith("_")} for row in rows2]
     for name, rows in (("table2", rows2), ("table5", rows5)):
         write_table(rows, os.path.join(out_dir, name), f"Preset: {presets_of(results)}")
     return rows2, rows5
+
+
+def statistics(results: dict, out_dir: str) -> list:
+    """statistics.md / .csv: each algorithm's RAT over all its tasks and per domain (runs, mean +- std over the runs,
+    IQM with its 95% stratified bootstrap CI), and performance_profile.png; returns the table's rows."""
+    algos = [a for a in ALGORITHMS if any(key[0] == a for key in results)]
+    rows, profiles = [], {}
+    for label in ("all tasks", *DOMAIN_TASKS, "other"):
+        row = dict(tasks=label)
+        for algo in algos:
+            per_task = [[s["rat"] for s in summaries] for (key_algo, task), summaries in sorted(results.items())
+                        if key_algo == algo and label in ("all tasks", domain_of(task))]
+            if not per_task:
+                continue
+            scores = np.concatenate(per_task)
+            value, low, high = iqm_interval(per_task)
+            row |= {f"{algo} tasks": len(per_task), f"{algo} runs": len(scores), f"{algo} mean ± std": mean_std(scores.tolist()),
+                    f"{algo} IQM": round(value, 1), f"{algo} 95% CI": f"[{low:.1f}, {high:.1f}]"}
+            if label == "all tasks":
+                profiles[algo] = per_task
+        if len(row) > 1:
+            rows.append(row)
+    write_table(rows, os.path.join(out_dir, "statistics"),
+                f"RAT: interquartile mean (IQM) with {CONFIDENCE:.0%} stratified bootstrap confidence intervals over seeds"
+                f" ({BOOTSTRAP_REPS:,} resamples of each task's runs, seed {BOOTSTRAP_SEED}; Agarwal et al. 2021), beside"
+                f" mean ± std over the runs. Preset: {presets_of(results)}")
+    plot_profiles(profiles, os.path.join(out_dir, "performance_profile.png"))
+    return rows
+
+
+def plot_profiles(profiles: dict, path: str):
+    """The performance profile (Agarwal et al. 2021, Fig. 5): fraction of runs with normalised score > tau, vs tau."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.concatenate([np.concatenate(per_task) for per_task in profiles.values()])
+    taus = np.linspace(min(0.0, scores.min()), max(100.0, scores.max()), 201)
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for algo, per_task in profiles.items():
+        profile, low, high = performance_profile(per_task, taus)
+        axis.plot(taus, profile, label=f"EDP + {algo.upper()} ({len(per_task)} tasks)")
+        axis.fill_between(taus, low, high, alpha=0.2)
+    axis.set_xlabel("normalized score (RAT) tau")
+    axis.set_ylabel("fraction of runs with score > tau")
+    axis.set_title(f"Performance profile, {CONFIDENCE:.0%} stratified bootstrap bands", fontsize=9)
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def presets_of(results: dict) -> str:
@@ -551,10 +658,16 @@ def report(out_dir: str, runs: list):
         print(f"no run of this configuration has finished under {out_dir}/runs yet")
         return
     tables(results, out_dir)
+    overall = statistics(results, out_dir)[0]
     paths = plots(results, out_dir)
     with open(os.path.join(out_dir, "table2.md")) as file:
         print(file.read())
-    print(f"tables: {out_dir}/table2.md, table5.md (and .csv); curves: {len(paths)} PNGs in {out_dir}/curves")
+    for algo in (a for a in ALGORITHMS if f"{a} IQM" in overall):
+        print(f"{algo}: IQM {overall[f'{algo} IQM']} {overall[f'{algo} 95% CI']} ({CONFIDENCE:.0%} stratified bootstrap"
+              f" CI) over {overall[f'{algo} runs']} runs of {overall[f'{algo} tasks']} tasks; mean ± std"
+              f" {overall[f'{algo} mean ± std']}")
+    print(f"tables: {out_dir}/table2.md, table5.md, statistics.md (and .csv); performance profile:"
+          f" {out_dir}/performance_profile.png; curves: {len(paths)} PNGs in {out_dir}/curves")
 
 
 def main(args: Args):
