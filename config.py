@@ -24,7 +24,7 @@ from tasks import Task, UsageError
 class CommonArgs:
     # -- task and data
     env: str = "edp/pendulum-mixed-v0"
-    """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id (default: the offline demo, made on first use in seconds)"""
+    """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id; the default, the offline demo, is made on first use in seconds"""
     preset: Literal["paper", "released"] = "paper"
     """what fills every flag left unset: paper (Table 3 and the text) or released (the authors' code); README lists the differences"""
     dataset_path: Optional[str] = None
