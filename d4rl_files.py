@@ -24,11 +24,11 @@ from typing import Optional
 D4RL_HOST = "http://rail.eecs.berkeley.edu/datasets/offline_rl"  # d4rl/infos.py:300
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")  # what every -v2 locomotion file holds
 # Rows (transitions) of D4RL's -v2 files, compared with the file read: a difference is said, never refused (a
-# replica or a mirror's file still trains). Not read from the files here (this repository was written offline):
-# medium: 1M samples per D4RL's paper (arXiv:2004.07219, Sec. 5: "medium ... 1M samples"); medium-replay and
-# hopper's medium-expert: the sizes reported by users of the files (e.g. CORL's and IQL's runs); halfcheetah's
-# medium-expert: medium + expert, 1M each (halfcheetah never falls, so no episode ends early). walker2d's
-# medium-expert is left out: its size could not be confirmed here, so it is not compared.
+# replica or a mirror's file still trains). None of these was read from the files themselves (this repository was
+# written offline): medium, 1M samples each, as D4RL's paper (arXiv:2004.07219) describes its Gym-MuJoCo "medium"
+# data ("collecting 1M samples"); medium-replay and hopper's medium-expert, the sizes widely reported for the -v2
+# files, unchecked here; halfcheetah's medium-expert, medium + expert at 1M each (halfcheetah never falls, so no
+# episode ends early). walker2d's medium-expert is left out: its size could not be confirmed, so it is not compared.
 D4RL_ROWS = {
     "halfcheetah-medium": 1_000_000, "hopper-medium": 1_000_000, "walker2d-medium": 1_000_000,
     "halfcheetah-medium-replay": 202_000, "hopper-medium-replay": 402_000, "walker2d-medium-replay": 302_000,
@@ -67,6 +67,8 @@ def fetch(task: str, quiet: bool = False) -> str:
     path = local_path(task)
     if os.path.isfile(path):
         return path
+    if os.path.lexists(path):  # a folder or a dangling link where the file belongs: never replaced
+        raise DownloadError(f"{path} is not a file; move it away, or pass --dataset-path")
     try:
         os.makedirs(cache_dir(), exist_ok=True)
         lock = open(f"{path}.lock", "a")
