@@ -168,14 +168,51 @@ def should_compile(choice: str, steps_left: int, device: torch.device) -> bool:
 # The agent base: acting, compiling, checkpoint state
 # ==============================================================================================
 class Agent:
-    """A subclass sets config, policy, ema_policy, critic (with q_min), step_count (a tensor that update() increments)
-    and `checkpointed`, the names of its networks and optimisers."""
+    """The contract between an algorithm (an edp_*.py) and the runs around it (runs.py), checked by run.start().
 
-    checkpointed: tuple = ()
+    A subclass's __init__(state_dim, action_dim, config, device) must set
+        config               the resolved Args
+        policy, ema_policy   the DiffusionPolicy trained and its EMA copy
+        step_count           a long tensor on the device that update() increments: the run's one step counter
+        critic               a module with q_min(state, action): act() selects by EAS (Alg. 2) over it; or
+                             `critic = None` in the class body: the acting policy samples plainly, and the
+                             --eas-* flags are refused before the run starts
+    and write update(batch) -> dict of metric tensors. It may override transition_columns(data) to add
+    per-transition fields to every batch. Every network (nn.Module) and optimiser it holds as an attribute is
+    checkpointed and restored, found by type: no list to keep, and a --resume whose checkpoint lacks one of them is
+    refused."""
+
+    REQUIRED = ("config", "policy", "ema_policy", "step_count")
+
+    @classmethod
+    def acts_without_critic(cls) -> bool:
+        return "critic" in vars(cls) and cls.critic is None
+
+    def check_contract(self) -> None:
+        """One line naming what a subclass's __init__ left out."""
+        missing = [name for name in self.REQUIRED if getattr(self, name, None) is None]
+        if not hasattr(self, "critic"):
+            missing.append("critic (or `critic = None` in the class body, to act by plain sampling)")
+        if not missing and not (isinstance(self.step_count, torch.Tensor) and self.step_count.dtype == torch.long
+                                and self.step_count.dim() == 0):
+            missing = ["step_count as a long scalar tensor"]
+        if missing:
+            raise UsageError(f"{type(self).__name__}.__init__ must set {', '.join(missing)} (agents.Agent's contract)")
+
+    @property
+    def checkpointed(self) -> tuple:
+        """The names of every network and optimiser the agent holds, in the order __init__ set them."""
+        return tuple(name for name, value in vars(self).items() if isinstance(value, nn.Module | torch.optim.Optimizer))
 
     @property
     def step(self) -> int:
         return int(self.step_count)
+
+    def transition_columns(self, data) -> dict:
+        """Extra per-transition fields for every batch, computed once at load from the task's data (tasks.OfflineData:
+        raw rewards, dones, episode_starts; one value or row per transition); they go to the device with the rest and
+        batch[name] holds them. None here."""
+        return {}
 
     def compile(self) -> None:
         """torch.compile update() into one graph (no graph breaks: sampler loop unrolled, optimiser steps included)
@@ -203,19 +240,27 @@ class Agent:
 
     @torch.no_grad()
     def act(self, state: torch.Tensor) -> torch.Tensor:
-        """Energy-based action selection (Alg. 2) with min(Q1, Q2); App. C.4's noise and policy scales apply here."""
+        """Energy-based action selection (Alg. 2) with min(Q1, Q2), or a plain sample without a critic; App. C.4's
+        noise and policy scales apply here."""
         # paper preset: the EMA policy (the one giving TD-target actions) acts (our choice); released: the online one
         policy = self.ema_policy if self.config.acting_policy == "ema" else self.policy
+        scales = dict(noise_scale=self.config.noise_scale, policy_scale=self.config.policy_scale)
+        if self.acts_without_critic():
+            return policy.sample(state, **scales, **self.sample_kwargs)
         return energy_based_action_selection(policy, self.critic.q_min, state, self.config.eas_samples,
-                                             self.config.eas_temperature, noise_scale=self.config.noise_scale,
-                                             policy_scale=self.config.policy_scale, **self.sample_kwargs)
+                                             self.config.eas_temperature, **scales, **self.sample_kwargs)
 
     def state_dict(self) -> dict:
         return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            if name == "step":
-                self.step_count.fill_(value)
-            else:
-                getattr(self, name).load_state_dict(value)
+        """The agent's state from a checkpoint, which must hold exactly its networks and optimisers."""
+        saved, held = set(state) - {"step"}, set(self.checkpointed)
+        if saved != held:
+            wrong = [f"lacks {', '.join(sorted(held - saved))}"] * bool(held - saved) + [
+                f"holds {', '.join(sorted(saved - held))} that {type(self).__name__} does not"] * bool(saved - held)
+            raise UsageError(f"the checkpoint {' and '.join(wrong)}: it was not saved by this algorithm's agent, and"
+                             " going on would start those parts afresh")
+        for name in self.checkpointed:
+            getattr(self, name).load_state_dict(state[name])
+        self.step_count.fill_(state["step"])

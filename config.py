@@ -12,16 +12,24 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
+import tyro
 
 from diffusion import check_sampler_args, make_beta_schedule
 from tasks import Task, UsageError
 
 
+# a flag whose help says its default (set by --preset, or by the run) does not also show tyro's "(default: None)"
+DEFAULT_IN_HELP = tyro.conf.arg(help_behavior_hint="")
+
+
 @dataclass
 class CommonArgs:
+    # flags whose None means something (said in their help); every other flag still None after the presets is refused
+    none_allowed = ("dataset_path", "eval_env", "eval_max_steps", "run_dir", "wandb_group", "wandb_entity", "checkpoint",
+                    "threads")
     # -- task and data
     env: str = "edp/pendulum-mixed-v0"
     """paper task (hopper-medium, antmaze-medium-play, pen-human, kitchen-mixed, ...) or a Minari dataset id; the default, the offline demo, is made on first use in seconds"""
@@ -29,9 +37,9 @@ class CommonArgs:
     """what fills every flag left unset: paper (Table 3 and the text) or released (the authors' code); README lists the differences"""
     dataset_path: Optional[str] = None
     """an original D4RL HDF5 file (observations, actions, rewards, terminals, timeouts) to train on"""
-    eval_env: Optional[str] = None
+    eval_env: Annotated[Optional[str], DEFAULT_IN_HELP] = None
     """registered Gymnasium id to evaluate on (default: the dataset's eval env; D4RL HDF5: the -v4 MuJoCo env)"""
-    eval_max_steps: Optional[int] = None
+    eval_max_steps: Annotated[Optional[int], DEFAULT_IN_HELP] = None
     """evaluation episode limit (default: D4RL's horizon on a paper task, e.g. pen 100, kitchen 280; the env's own elsewhere); 0: the env's own"""
     terminals: Literal["d4rl", "dataset"] = "d4rl"
     """done flags: d4rl (paper tasks as D4RL's data: AntMaze goal reached, Kitchen's last step, pen-cloned's pen dropped) or the dataset's own"""
@@ -44,15 +52,15 @@ class CommonArgs:
     # -- training
     init: Literal["lecun", "torch"] = "lecun"
     """initial weights of every layer: lecun (LeCun-normal weights, zero biases: Flax's nn.Dense default, the authors' networks) or torch (PyTorch's nn.Linear default)"""
-    total_steps: Optional[int] = None
+    total_steps: Annotated[Optional[int], DEFAULT_IN_HELP] = None
     """gradient steps (default: epochs x 1000, Table 3: 2000 epochs on locomotion, 1000 elsewhere; 6000 on the offline demo)"""
     batch_size: int = 256
     """transitions per gradient step"""
-    lr: Optional[float] = None
+    lr: Annotated[Optional[float], DEFAULT_IN_HELP] = None
     """Adam learning rate of policy and critics (default: 3e-4; 3e-5 on adroit; Table 3)"""
-    grad_clip: Optional[float] = None
+    grad_clip: Annotated[Optional[float], DEFAULT_IN_HELP] = None
     """gradient-norm clip of each network, Q1 and Q2 apart (default: 5, Table 3; released: per task, 1 to 10, README)"""
-    eta: Optional[float] = None
+    eta: Annotated[Optional[float], DEFAULT_IN_HELP] = None
     """loss weight of the policy-improvement term: L_diff + eta * L_pi (default: 1.0; 0.1 on adroit; 0.005 on kitchen; Table 3; released: 1.0)"""
     gamma: float = 0.99
     """discount"""
@@ -64,17 +72,17 @@ class CommonArgs:
     """update the EMA policy every this many steps ..."""
     ema_start: int = 1000
     """... after this step"""
-    ema_warmup: Optional[Literal["copy", "initial"]] = None
+    ema_warmup: Annotated[Optional[Literal["copy", "initial"]], DEFAULT_IN_HELP] = None
     """the EMA policy up to --ema-start: a copy of the policy or its initial weights (default: copy; released: initial)"""
     num_diffusion_steps: int = 1000
     """K, diffusion steps of the policy"""
     schedule: Literal["linear", "vp", "cosine"] = "linear"
     """noise schedule"""
-    reward_transform: Optional[Literal["none", "antmaze", "antmaze-iql", "minmax", "returns"]] = None
+    reward_transform: Annotated[Optional[Literal["none", "antmaze", "antmaze-iql", "minmax", "returns"]], DEFAULT_IN_HELP] = None
     """none, antmaze (r-0.5)*4, antmaze-iql r-1, minmax (to [-1,1]), returns (x 1000/return range) (default: none on locomotion, antmaze (IQL: antmaze-iql) on antmaze, minmax on adroit and kitchen; released: IQL returns on locomotion)"""
-    normalize_obs: Optional[Literal["off", "per-dimension", "scalar"]] = None
+    normalize_obs: Annotated[Optional[Literal["off", "per-dimension", "scalar"]], DEFAULT_IN_HELP] = None
     """standardise observations with dataset statistics, per dimension or by one scalar clipped to +-10 (default: off on locomotion, per-dimension elsewhere; released: off)"""
-    action_clip: Optional[float] = None
+    action_clip: Annotated[Optional[float], DEFAULT_IN_HELP] = None
     """clip dataset actions (scaled to [-1, 1]) to +- this (default: 1; released: 0.999)"""
     # -- sampling and evaluation
     sampler: Literal["dpm", "ddpm"] = "dpm"
@@ -83,26 +91,26 @@ class CommonArgs:
     """DPM-Solver model calls"""
     dpm_order: int = 3
     """DPM-Solver order (1, 2 or 3)"""
-    dpm_method: Optional[Literal["multistep", "singlestep"]] = None
+    dpm_method: Annotated[Optional[Literal["multistep", "singlestep"]], DEFAULT_IN_HELP] = None
     """DPM-Solver method (default: multistep; released: singlestep)"""
-    dpm_skip: Optional[Literal["logSNR", "time_uniform", "time_quadratic"]] = None
+    dpm_skip: Annotated[Optional[Literal["logSNR", "time_uniform", "time_quadratic"]], DEFAULT_IN_HELP] = None
     """DPM-Solver time grid (default: logSNR; released: time_uniform)"""
     noise_scale: float = 1.0
     """evaluation: scale of the initial noise a_K (0: deterministic DPM-Solver sampling, App. C.4)"""
     policy_scale: float = 1.0
     """evaluation: multiply eps_theta by this (> 1 samples a sharper policy, App. C.4)"""
-    eval_every: Optional[int] = None
+    eval_every: Annotated[Optional[int], DEFAULT_IN_HELP] = None
     """gradient steps between evaluations (default: 10 epochs = 10000; 1000 on the offline demo)"""
-    eval_episodes: Optional[int] = None
+    eval_episodes: Annotated[Optional[int], DEFAULT_IN_HELP] = None
     """episodes per evaluation, all stepped together (default: 10; 100 on antmaze; released: 10)"""
-    eas_samples: Optional[int] = None
-    """N actions per state for energy-based action selection (Alg. 2; default: 10; released: 50); 1 samples plainly"""
+    eas_samples: Annotated[Optional[int], DEFAULT_IN_HELP] = None
+    """N actions per state for energy-based action selection over the critic (Alg. 2); 1 samples plainly; refused for an algorithm without a critic (default: 10; released: 50)"""
     eas_temperature: float = 1.0
-    """pick an action with probability softmax(Q / temperature)"""
-    acting_policy: Optional[Literal["ema", "online"]] = None
+    """pick an action with probability softmax(Q / temperature); refused for an algorithm without a critic"""
+    acting_policy: Annotated[Optional[Literal["ema", "online"]], DEFAULT_IN_HELP] = None
     """policy that acts in evaluation (default: ema, the TD-target policy; released: online)"""
     # -- run
-    run_dir: Optional[str] = None
+    run_dir: Annotated[Optional[str], DEFAULT_IN_HELP] = None
     """where checkpoints and summary.json go (default: runs/<env>__<algo>__<seed>__<time>)"""
     resume: bool = False
     """continue the run in --run-dir from its checkpoint_last.pt"""
@@ -112,7 +120,7 @@ class CommonArgs:
     """wandb project"""
     wandb_group: Optional[str] = None
     """wandb group of the run (reproduce.py sets one per sweep)"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: Annotated[Optional[str], DEFAULT_IN_HELP] = None
     """wandb entity (team or user) of the run (default: your wandb default)"""
     log_every: int = 1000
     """gradient steps between training-metric logs"""
@@ -126,7 +134,7 @@ class CommonArgs:
     """no training: evaluate --checkpoint (default: <run-dir>/checkpoint_last.pt) with its run's configuration"""
     checkpoint: Optional[str] = None
     """checkpoint for --eval-only, e.g. <run-dir>/checkpoint_best.pt"""
-    threads: Optional[int] = None
+    threads: Annotated[Optional[int], DEFAULT_IN_HELP] = None
     """torch's CPU threads, fixed for the run so that the same seed gives the same numbers whatever else runs (default: 1, or the count a resumed run was saved with); more is faster alone and much slower beside another busy process; 0 adapts to the machine's load (fastest on a shared machine, but the numbers may then depend on the load: README, Speed)"""
 
 
@@ -138,7 +146,7 @@ class LikelihoodArgs(CommonArgs):
     """log pi surrogate: gaussian N(a; a0_hat, sigma^2 I) (Eq. 13) or elbo (Eq. 12)"""
     learn_std: bool = False
     """learn a state-independent log-std for the Eq. 13 Gaussian (default: sigma = 1)"""
-    elbo_weights: Optional[Literal["eq12", "authors"]] = None
+    elbo_weights: Annotated[Optional[Literal["eq12", "authors"]], DEFAULT_IN_HELP] = None
     """--likelihood elbo: eq12 weighs the squared noise error summed over action dims by beta_k / (2 alpha_k (1 - abar_(k-1))) (Eq. 12); authors weigh its mean over action dims by beta_k / (2 alpha_k (1 - abar_k)) (sail-sg/edp diffusion.py); both normalised to mean 1 (default: eq12; released: authors)"""
 
 
@@ -212,6 +220,11 @@ def resolve_config(args, task: Task, paper: dict, released: dict):
     if args.device == "auto":
         filled["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     config = dataclasses.replace(args, **filled)
+    unset = [flag(field.name) for field in dataclasses.fields(config)
+             if getattr(config, field.name) is None and field.name not in type(config).none_allowed]
+    if unset:  # a row left out of a copied script's tables
+        raise UsageError(f"no value for {', '.join(unset)}: give it on the command line, or a row in the script's PAPER"
+                         " and RELEASED tables")
     check_config(config)
     return config
 

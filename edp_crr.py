@@ -67,8 +67,6 @@ class EDPCRR(Agent):
     """update(batch): the critics as in TD3 (Eq. 6) and the policy by weighted likelihood (Eq. 11), both from the
     parameters before the step, as the authors' code (sail-sg/edp dql.py:470-492)."""
 
-    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
-
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
         if config.beta <= 0 or config.weight_clip <= 0 or config.advantage_samples < 1:
             raise UsageError("need --beta > 0, --weight-clip > 0 and --advantage-samples >= 1")

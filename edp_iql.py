@@ -19,7 +19,7 @@ import copy
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,9 @@ ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py 
 # ==============================================================================================
 @dataclass
 class Args(shared.LikelihoodArgs):
-    expectile: Optional[float] = None
+    expectile: Annotated[Optional[float], shared.DEFAULT_IN_HELP] = None
     """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3; released: 0.7)"""
-    beta: Optional[float] = None
+    beta: Annotated[Optional[float], shared.DEFAULT_IN_HELP] = None
     """inverse temperature of the IQL paper: weight exp(beta * A) (default: 1, App. A.3; released: 3)"""
     weight_clip: float = 100.0
     """upper clip of the weight exp(beta * A) (authors' code: 100)"""
@@ -78,9 +78,6 @@ def iql_weights(q: torch.Tensor, v: torch.Tensor, beta: float, clip: float) -> t
 
 class EDPIQL(Agent):
     """update(batch): V (expectile regression), then the policy (Eq. 11), then Q (Eq. 22), as the authors."""
-
-    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "value", "policy_optimizer",
-                    "critic_optimizer", "value_optimizer")
 
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
         if not 0 < config.expectile < 1 or config.beta <= 0 or config.weight_clip <= 0:

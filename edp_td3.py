@@ -62,8 +62,6 @@ class EDPTD3(Agent):
     """update(batch) does one TD3 step: the critics (Eq. 6) and the policy (L_diff + eta * L_pi), both from the
     parameters before the step, as the authors' code (sail-sg/edp dql.py:337-359)."""
 
-    checkpointed = ("policy", "ema_policy", "critic", "critic_target", "policy_optimizer", "critic_optimizer")
-
     def __init__(self, state_dim: int, action_dim: int, config: Args, device: torch.device):
         if not config.alpha > 0:
             raise UsageError("need --alpha > 0")

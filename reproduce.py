@@ -23,6 +23,7 @@ waits for them and exits 130; the same command again continues them. From the ru
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import math
@@ -39,7 +40,18 @@ import numpy as np
 import tyro
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-ALGORITHMS = ("td3", "crr", "iql")
+ALGORITHMS = ("td3", "crr", "iql")  # the paper's, swept by default; --algos takes any edp_<name>.py or a copied script
+
+
+def algorithm_script(algo: str) -> Optional[str]:
+    """The script of an --algos entry: edp_<algo>.py or <algo>.py beside this file, or a path to a .py file."""
+    candidates = [algo] if algo.endswith(".py") else [os.path.join(ROOT, f"edp_{algo}.py"), os.path.join(ROOT, f"{algo}.py")]
+    return next((os.path.abspath(path) for path in candidates if os.path.isfile(path)), None)
+
+
+def algorithm_name(algo: str) -> str:
+    """How tables and run folders name an --algos entry: td3 for edp_td3.py, my_awr for a copy my_awr.py."""
+    return os.path.splitext(os.path.basename(algo))[0].removeprefix("edp_")
 DOMAIN_TASKS = {
     "locomotion": [f"{robot}-{quality}" for quality in ("medium", "medium-replay", "medium-expert")
                    for robot in ("halfcheetah", "hopper", "walker2d")],
@@ -81,7 +93,7 @@ class Args:
     tasks: Optional[list[str]] = None
     """explicit tasks (paper aliases or Minari dataset ids) instead of --domains"""
     algos: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    """algorithms: td3, crr, iql"""
+    """algorithms: td3, crr, iql, any other edp_<name>.py here, or a copied script (my_awr, or a path to it)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """seeds of every task and algorithm (the paper: 5)"""
     preset: Literal["paper", "released"] = "released"
@@ -155,26 +167,28 @@ def plan(args: Args) -> list:
     for algo in args.algos:
         for task in tasks:
             for seed in args.seeds:
-                run_dir = os.path.join(args.out_dir, "runs", algo, task.replace("/", "-"), f"seed{seed}")
-                command = [sys.executable, os.path.join(ROOT, f"edp_{algo}.py"), "--env", task, "--seed", str(seed),
+                run_dir = os.path.join(args.out_dir, "runs", algorithm_name(algo), task.replace("/", "-"), f"seed{seed}")
+                command = [sys.executable, algorithm_script(algo), "--env", task, "--seed", str(seed),
                            "--run-dir", run_dir, "--wandb-group", group, "--preset", args.preset,
                            # a fixed count, recorded in the run: its numbers do not depend on what else runs
                            "--threads", str(max(1, int(args.cpus_per_run))), *shlex.split(args.script_args)]
                 if task in DOMAIN_TASKS["locomotion"] and args.d4rl_dir:  # else the run reads D4RL's own folder
                     command += ["--dataset-path", d4rl_file(args, task)]
-                runs.append(Run(algo, task, seed, run_dir, command))
+                runs.append(Run(algorithm_name(algo), task, seed, run_dir, command))
     return runs
 
 
 def check(args: Args):
     """Bad input, found before anything is planned or started (dry runs too): one line on stderr, exit code 2."""
-    unknown = [a for a in args.algos if a not in ALGORITHMS] + [d for d in args.domains if d not in DOMAIN_TASKS]
+    unknown = [a for a in args.algos if algorithm_script(a) is None] + [d for d in args.domains if d not in DOMAIN_TASKS]
     if unknown:
-        fail(f"unknown algorithm or domain: {', '.join(unknown)} (algorithms: {', '.join(ALGORITHMS)};"
+        found = sorted(algorithm_name(path) for path in glob.glob(os.path.join(ROOT, "edp_*.py")))
+        fail(f"unknown algorithm or domain: {', '.join(unknown)} (algorithms: {', '.join(found)}, or a script's path;"
              f" domains: {', '.join(DOMAIN_TASKS)})")
     if not all(0 <= seed < 2**32 for seed in args.seeds):  # the scripts' (numpy's) seed range
         fail(f"--seeds must be in 0 .. 2**32 - 1, got {' '.join(map(str, args.seeds))}")
-    repeated = [name for name, values in (("--seeds", args.seeds), ("--algos", args.algos), ("--tasks", args.tasks or []),
+    algos = [algorithm_name(algo) for algo in args.algos]
+    repeated = [name for name, values in (("--seeds", args.seeds), ("--algos", algos), ("--tasks", args.tasks or []),
                                           ("--domains", [] if args.tasks else args.domains))
                 if len(set(values)) < len(values)]
     if repeated:
@@ -495,7 +509,7 @@ def interval_text(per_task: list) -> str:
 
 
 def tables(results: dict, out_dir: str) -> tuple:
-    algos = [a for a in ALGORITHMS if any(key[0] == a for key in results)]
+    algos = list(dict.fromkeys(key[0] for key in results))
     tasks = sorted({key[1] for key in results}, key=lambda t: (list(DOMAIN_TASKS).index(domain_of(t))
                                                                  if domain_of(t) in DOMAIN_TASKS else 9, t))
     rows2, rows5 = [], []
@@ -537,7 +551,7 @@ def tables(results: dict, out_dir: str) -> tuple:
 def statistics(results: dict, out_dir: str) -> list:
     """statistics.md / .csv: each algorithm's RAT over all its tasks and per domain (runs, mean +- std over the runs,
     IQM with its 95% stratified bootstrap CI), and performance_profile.png; returns the table's rows."""
-    algos = [a for a in ALGORITHMS if any(key[0] == a for key in results)]
+    algos = list(dict.fromkeys(key[0] for key in results))
     rows, profiles = [], {}
     for label in ("all tasks", *DOMAIN_TASKS, "other"):
         row = dict(tasks=label)
@@ -624,7 +638,7 @@ def plots(results: dict, out_dir: str) -> list:
     os.makedirs(os.path.join(out_dir, "curves"), exist_ok=True)
     paths = []
     for task in sorted({key[1] for key in results}):
-        algos = [a for a in ALGORITHMS if (a, task) in results]
+        algos = list(dict.fromkeys(key[0] for key in results if key[1] == task))
         figure, axes = plt.subplots(1, len(algos), figsize=(4.5 * len(algos), 3.4), squeeze=False)
         for axis, algo in zip(axes[0], algos):
             curves = []

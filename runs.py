@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -108,6 +109,10 @@ def lock_run_dir(run_dir: str, resume: bool):
             if created and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
                 os.remove(lock.name)
                 os.rmdir(run_dir)
+        except UsageError:  # refused before its first file (an agent's checks, its contract): what it made goes too
+            if created and not any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES):
+                shutil.rmtree(run_dir, ignore_errors=True)  # wandb's offline folder, the lock (removed while held)
+            raise
 
 
 def last_good_checkpoint(run_dir: str) -> str:
@@ -254,8 +259,9 @@ def rng_state() -> dict:
 
 
 def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoint"):
-    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile.
-    A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
+    """An agent, its contract checked (agents.Agent), with its weights, optimisers, step and the random state from a
+    checkpoint. A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
+    agent.check_contract()
     if checkpoint is not None:
         try:
             agent.load_state_dict(checkpoint["agent"])
@@ -367,7 +373,8 @@ class Run:
         self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
         print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
         seed_everything(config)
-        self.buffer, data, self.statistics = prepare_data(config, self.task)
+        self.buffer, self.data, self.statistics = prepare_data(config, self.task)
+        data = self.data
         self.card = data.card | {"preset": config.preset}
         if self.checkpoint is not None:
             check_same_data(self.card, self.checkpoint, checkpoint_path)
@@ -448,6 +455,7 @@ class Run:
         self.progress.update(1)
         if self.compile_started:  # the first compiled step has run: it compiled the graph
             self.progress.write(f"compiled the update step in {time.perf_counter() - self.compile_started:.0f} s")
+        self.buffer.add(agent.transition_columns(self.data))  # the script's own per-transition fields, if any
             self.compile_started = 0.0
         if step % self.config.log_every == 0 or self.evaluation_due(step):
             self.check_finite()
@@ -502,7 +510,10 @@ class Run:
                 self.save("checkpoint_last.pt")
             self.finished = error_type is None or stopped_early
         finally:  # on every exit: progress bar, environments, wandb closed, signal handlers back, folder unlocked
-            self.exits.close()
+            if error_type is UsageError:  # refused in start(): lock_run_dir removes a folder it made (README)
+                self.exits.__exit__(error_type, error, traceback)
+            else:
+                self.exits.close()
         step = self.agent.step if self.agent is not None else 0
         if self.stopping:
             print(f"stopped by signal {self.stop_signal[0]} at step {step}; checkpoint saved, continue with"
@@ -589,3 +600,41 @@ def main(args_class, paper: dict, released: dict, agent_class, train: Callable, 
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
     return 130 if result["stopped"] else 0
+def report_path(folder: str, checkpoint_name: str) -> str:
+    """eval_<checkpoint>.json, or eval_<checkpoint>-2.json, -3, ... when earlier evaluations' files are there: an
+    evaluation never replaces another's."""
+    path, number = os.path.join(folder, f"eval_{checkpoint_name}.json"), 1
+    while os.path.lexists(path):
+        number += 1
+        path = os.path.join(folder, f"eval_{checkpoint_name}-{number}.json")
+    return path
+
+
+def check_acting_flags(agent_class, given: set):
+    """An algorithm without a critic (agents.Agent) acts by plain sampling: EAS's flags would do nothing."""
+    eas = sorted(given & {"eas_samples", "eas_temperature"})
+    if eas and agent_class.acts_without_critic():
+        raise UsageError(f"{', '.join(map(flag, eas))}: {agent_class.__name__} has no critic, so it acts by sampling its"
+                         " policy, not by energy-based action selection; drop the flag")
+
+
+def interrupt_start_up(signum, frame):
+    raise KeyboardInterrupt
+
+
+def check_training_flags(args, given: set):
+    """Flags that would do nothing while training: one line."""
+    if args.checkpoint is not None:
+        raise UsageError("--checkpoint names the checkpoint --eval-only evaluates; training starts anew, or continues a"
+                         " run with --resume --run-dir DIR (its checkpoint_last.pt)")
+    paper_task = next((task for task in TASKS.values() if task.minari_id is not None
+                       and args.env.rsplit("-v", 1)[0] == task.minari_id.rsplit("-v", 1)[0]), None)
+    if "terminals" in given and args.terminals == "d4rl" and args.env not in TASKS:
+        raise UsageError(f"--terminals d4rl applies D4RL's rules to the paper's tasks, named as such; {args.env} is read"
+                         " as a Minari dataset with its own terminations"
+                         + (f": give --env {paper_task.name} for D4RL's" if paper_task else ": drop --terminals d4rl"))
+
+
+            check_acting_flags(agent_class, given_flags(argv))
+            check_acting_flags(agent_class, given_flags(argv))
+            check_training_flags(args, given_flags(argv))

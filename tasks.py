@@ -204,6 +204,7 @@ class OfflineData:
     score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     card: dict  # what was loaded and how it is scored (the task card; prepare_data completes it)
     spaces: Optional[tuple] = None  # the (observation, action) spaces the dataset records (Minari), or None
+    episode_starts: Optional[np.ndarray] = None  # the index of each episode's first transition, increasing
 
 
 def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
@@ -323,7 +324,8 @@ def load_minari(task: Task, config) -> OfflineData:
         score=score_card(task, reference))
     return OfflineData(**arrays, episode_returns=np.array([rewards.sum() for rewards in columns["rewards"]]),
                        score=score, make_env=make_env, card=card,
-                       spaces=(dataset.spec.observation_space, dataset.spec.action_space))
+                       spaces=(dataset.spec.observation_space, dataset.spec.action_space),
+                       episode_starts=np.cumsum([0] + [len(rewards) for rewards in columns["rewards"][:-1]]))
 
 
 def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
@@ -372,7 +374,7 @@ def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
         next_observations=next_observations.astype(np.float32), dones=terminals[keep].astype(np.float32),
         episode_returns=np.add.reduceat(data["rewards"].astype(np.float64), episode_starts),
         make_env=env_maker(task.env_id, task.domain, eval_horizon(config, task)), score=d4rl_score(task.ref_scores),
-        card=card)
+        card=card, episode_starts=transition_starts[transition_starts < len(keep)])
 
 
 def eval_horizon(config, task: Task) -> Optional[int]:
@@ -395,6 +397,7 @@ def memory_bytes() -> int:
 
 
 LARGEST_VALUE = 1e9  # no physical observation, action or reward of these tasks comes near; 1e30 squares to inf
+    transition_starts = np.unique(np.searchsorted(keep, episode_starts))  # the same starts among the kept rows
 
 
 def check_arrays(arrays: dict, source: str):
@@ -520,6 +523,15 @@ def load_data(config, task: Task) -> OfflineData:
 def prepare_data(config, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_data(config, task)
+    def add(self, columns: dict):
+        """A script's own per-transition fields (agents.Agent.transition_columns), one value or row per transition."""
+        for name, values in columns.items():
+            values = np.asarray(values, dtype=np.float32)
+            if name in self.tensors or values.shape[:1] != (self.size,) or not np.isfinite(values).all():
+                raise UsageError(f"transition column {name!r}: need a new name and {self.size} finite values (one per"
+                                 f" transition), got shape {values.shape}")
+            self.tensors[name] = torch.as_tensor(values.reshape(self.size, -1), device=self.device)
+
     try:
         env = data.make_env()
     except UsageError:

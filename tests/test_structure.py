@@ -7,9 +7,11 @@ import re
 
 import pytest
 
+import test_scripts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["edp_td3.py", "edp_crr.py", "edp_iql.py"]
-MODULES = ["diffusion.py", "agents.py", "config.py", "tasks.py", "evaluation.py", "runs.py"]
+SCRIPTS = [f"{name}.py" for name in test_scripts.SCRIPTS]  # every edp_*.py, and the copies named in EDP_SCRIPTS
+MODULES = ["diffusion.py", "agents.py", "config.py", "tasks.py", "evaluation.py", "runs.py", "d4rl_files.py"]
 
 
 def source(name):
@@ -23,7 +25,7 @@ def test_a_script_reads_top_to_bottom_with_its_algorithm_and_its_loop(script):
     lines = text.splitlines()
     assert len(lines) <= 350
     order = [next(i for i, line in enumerate(lines) if re.match(pattern, line)) for pattern in
-             (r"class Args\(", r"PAPER = ", r"class EDP\w+\(Agent\)", r"def train\(", r"def main\(")]
+             (r"class Args\(", r"PAPER = ", r"class \w+\(Agent\)", r"def train\(", r"def main\(")]
     assert order == sorted(order) and order[2] < 200, order  # flags, defaults, algorithm (before line 200), loop
     train = text[text.index("def train("):text.index("def main(")]
     assert "for step in range(" in train and ".update(" in train and "run.evaluate(" in train
