@@ -261,6 +261,23 @@ def _update_loop(seconds: float, threads: int, ready, start, results) -> None:
     results.put(iterations / (time.perf_counter() - begin))
 
 
+class WorkerDied(RuntimeError):
+    """A process of the side-by-side figure ended without its result."""
+
+
+def from_workers(queue, workers: list):
+    """The next item of `queue`, waiting only while every worker is alive (or ended after putting its item)."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            dead = [worker for worker in workers if not worker.is_alive() and worker.exitcode != 0]
+            if dead:
+                raise WorkerDied(f"a side-by-side worker died (exit code {dead[0].exitcode}) before giving its result")
+
+
 def side_by_side(seconds: float, threads: int = 1) -> dict:
     """Per-process EDP update throughput with two processes at once, over one process alone (0.5 = fair sharing
     of the machine; much less means the processes get in each other's way, e.g. spinning thread teams)."""
@@ -274,12 +291,16 @@ def side_by_side(seconds: float, threads: int = 1) -> dict:
                    for _ in range(processes)]
         for worker in workers:
             worker.start()
-        for _ in workers:
-            ready.get()
-        start.set()
-        values = [results.get() for _ in workers]
-        for worker in workers:
-            worker.join()
+        try:
+            for _ in workers:
+                from_workers(ready, workers)
+            start.set()
+            values = [from_workers(results, workers) for _ in workers]
+        finally:
+            for worker in workers:  # a worker that failed leaves the others waiting for the start: end them
+                if worker.is_alive() and not start.is_set():
+                    worker.terminate()
+                worker.join()
         return values
 
     alone, together = rates(1)[0], rates(2)
@@ -370,11 +391,44 @@ def plot(results: dict, path: str):
     figure.savefig(path, dpi=120)
 
 
-def main(args: Args) -> dict:
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_output(flag: str, path: Optional[str]):
+    """--json / --plot: a file in a folder that exists and can be written, found out before minutes of measuring."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        fail(f"{flag} {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        fail(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        fail(f"{flag} {path} cannot be written")
+
+
+def check(args: Args):
+    """Bad flags: one line, exit code 2, before any measurement."""
     if args.device not in ("auto", "cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        print(f"error: --device {args.device}: use cpu, auto, or cuda where torch sees a CUDA device"
-              f" ({'it sees one' if torch.cuda.is_available() else 'it sees none'})", file=sys.stderr)
-        sys.exit(2)
+        fail(f"--device {args.device}: use cpu, auto, or cuda where torch sees a CUDA device"
+             f" ({'it sees one' if torch.cuda.is_available() else 'it sees none'})")
+    if args.threads < 0:
+        fail(f"--threads must be 0 (adaptive) or a thread count >= 1, got {args.threads}")
+    check_output("--json", args.json)
+    check_output("--plot", args.plot)
+    if args.plot is not None:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        extension = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if extension and extension not in formats:
+            fail(f"--plot {args.plot}: matplotlib writes no .{extension} files (it writes {', '.join(sorted(formats))})")
+
+
+def main(args: Args) -> dict:
+    check(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(args.seed)
@@ -426,8 +480,12 @@ def main(args: Args) -> dict:
         results["roofline"]["edp_compiled_fraction"] = flops * compiled_edp["train_ips"] / 1e9 / limit
         compiled_edp["vs_eager"] = dict(train=compiled_edp["train_ips"] / results["variants"]["edp"]["train_ips"],
                                         sample=compiled_edp["sample_sps"] / results["variants"]["edp"]["sample_sps"])
+    died = None
     if device.type == "cpu":
-        results["side_by_side"] = side_by_side(3.0 if args.quick else 20.0, args.threads)
+        try:
+            results["side_by_side"] = side_by_side(3.0 if args.quick else 20.0, args.threads)
+        except WorkerDied as error:  # the other results are still written; the exit code says it
+            died = error
     edp = results["variants"]["edp"]
     results["edp_vs"] = {name: dict(train=edp["train_ips"] / results["variants"][name]["train_ips"],
                                     sample=edp["sample_sps"] / results["variants"][name]["sample_sps"])
@@ -456,6 +514,9 @@ def main(args: Args) -> dict:
             json.dump(results, file, indent=1)
     if args.plot:
         plot(results, args.plot)
+    if died is not None:
+        print(f"error: {died}; the other results are written", file=sys.stderr)
+        sys.exit(1)
     return results
 
 

@@ -23,7 +23,6 @@ import os
 import pickle
 import random
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import tyro
 from agents import should_compile
 from config import flag, resolve_config
 from evaluation import EvaluationStopped, Evaluator, summarize
-from tasks import UsageError, find_task, one_line, prepare_data
+from tasks import TASKS, UsageError, find_task, one_line, prepare_data
 
 
 class Diverged(Exception):
@@ -56,12 +55,16 @@ class Stopped(Exception):
 
 
 # a resumed run keeps its saved configuration; only these flags may differ from it
+# (--torch-deterministic is not among them: on CUDA it changes the numbers from the step it is changed at)
 RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "wandb_entity",
-             "device", "compile", "threads", "capture_video", "torch_deterministic", "resume", "run_dir")
+             "device", "compile", "threads", "capture_video", "resume", "run_dir")
 # --eval-only keeps the saved configuration but for these flags, where given on its command line
 EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_scale", "policy_scale", "acting_policy",
                     "sampler", "dpm_steps", "dpm_order", "dpm_method", "dpm_skip", "eval_env", "eval_max_steps", "seed",
-                    "device", "threads", "capture_video", "compile")
+                    "device", "threads", "capture_video", "compile", "eval_terminations")
+# --eval-only takes these besides the evaluation flags; any other flag would do nothing there, and is refused
+EVAL_ONLY_MODE_FLAGS = ("eval_only", "checkpoint", "run_dir")
+EAS_BATCH_LIMIT = 1_000_000  # --eval-episodes x --eas-samples: the states EAS scores at once (as --batch-size's limit)
 RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
 CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
 # A checkpoint's "pending_evaluation": the step whose evaluation a stop cut short (None: none). The evaluation belongs
@@ -109,10 +112,6 @@ def lock_run_dir(run_dir: str, resume: bool):
             if created and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
                 os.remove(lock.name)
                 os.rmdir(run_dir)
-        except UsageError:  # refused before its first file (an agent's checks, its contract): what it made goes too
-            if created and not any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES):
-                shutil.rmtree(run_dir, ignore_errors=True)  # wandb's offline folder, the lock (removed while held)
-            raise
 
 
 def last_good_checkpoint(run_dir: str) -> str:
@@ -176,6 +175,24 @@ def checkpoint_evaluations(checkpoint: dict, path: str) -> tuple:
     if pending is not None and not (pending == step and type(pending) is int and (not steps or steps[-1] < step)):
         raise UsageError(f"{path}: its pending evaluation {pending!r} is not the checkpoint's step {step}")
     return evaluations, pending
+
+
+def check_evaluation_flags(config):
+    """Before any work: EAS's batch (--eval-episodes x --eas-samples) must fit, each within its own limit or not."""
+    if config.eval_episodes * config.eas_samples > EAS_BATCH_LIMIT:
+        raise UsageError(f"--eval-episodes {config.eval_episodes} x --eas-samples {config.eas_samples} ="
+                         f" {config.eval_episodes * config.eas_samples:,} actions scored at once would not fit in memory"
+                         f" (at most {EAS_BATCH_LIMIT:,}); give smaller values")
+
+
+def warn_horizon(config, task):
+    """An evaluation horizon other than D4RL's on a paper task is said in one line: its scores are then not D4RL's."""
+    horizon = config.eval_max_steps
+    if task.horizon is not None and horizon is not None and horizon != task.horizon:
+        given = f"--eval-max-steps {horizon}" + (" (the env's own limit)" if horizon == 0 else "")
+        print(f"warning: {given} where D4RL evaluates {task.name} over"
+              f" {task.horizon} steps: its normalised scores are then not D4RL's (its reference returns were measured"
+              f" over {task.horizon} steps)", file=sys.stderr, flush=True)
 
 
 def check_resume(config, checkpoint: dict, path: str, algorithm: str):
@@ -258,17 +275,37 @@ def rng_state() -> dict:
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 
+def set_rng_state(state: dict):
+    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CompileInterrupted(BaseException):
+    """A stop during compilation (Run.compile_now): raised by its signal handler to end the compile at once."""
+
+
+def agent_tensors(agent) -> list:
+    """Every tensor of an agent's state, as the objects themselves: networks' parameters and buffers, optimisers'
+    state, the step counter."""
+    tensors = [agent.step_count]
+    for name in agent.checkpointed:
+        part = getattr(agent, name)
+        if isinstance(part, torch.optim.Optimizer):
+            tensors += [value for state in part.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
+        else:
+            tensors += list(part.state_dict(keep_vars=True).values())
+    return tensors
+
+
 def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoint"):
-    """An agent, its contract checked (agents.Agent), with its weights, optimisers, step and the random state from a
-    checkpoint. A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
-    agent.check_contract()
+    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile.
+    A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
     if checkpoint is not None:
         try:
             agent.load_state_dict(checkpoint["agent"])
-            random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in checkpoint["rng"]["python"]))
-            torch.set_rng_state(checkpoint["rng"]["torch"])
-            if checkpoint["rng"].get("cuda") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+            set_rng_state(checkpoint["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
             raise UsageError(f"{path} does not fit this configuration ({one_line(error)})") from None
     return agent
@@ -370,16 +407,17 @@ class Run:
             check_resume(config, self.checkpoint, checkpoint_path, self.algorithm)
             checkpoint_evaluations(self.checkpoint, checkpoint_path)  # before the data are read
         config = self.config = dataclasses.replace(config, threads=run_threads(config, self.checkpoint))
+        check_evaluation_flags(config)
         self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
         print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
         seed_everything(config)
-        self.buffer, self.data, self.statistics = prepare_data(config, self.task)
-        data = self.data
+        self.buffer, data, self.statistics = prepare_data(config, self.task)
         self.card = data.card | {"preset": config.preset}
         if self.checkpoint is not None:
             check_same_data(self.card, self.checkpoint, checkpoint_path)
             self.statistics = checkpoint_statistics(self.checkpoint, checkpoint_path)
         print_task_card(self.card)
+        warn_horizon(config, self.task)
         self.state_dim, self.action_dim = self.buffer.tensors["observations"].shape[1], self.buffer.tensors["actions"].shape[1]
         self.device = torch.device(config.device)
         self.evaluator = make_evaluator(config, data, self.statistics, self.task, os.path.join(self.run_dir, "videos"))
@@ -411,6 +449,8 @@ class Run:
 
         self.agent = restore(agent, self.checkpoint, self.config, os.path.join(self.run_dir, "checkpoint_last.pt"))
         self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - agent.step)
+        if self.compile_started:
+            self.compile_now(agent)
         self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
                              mininterval=1.0)
         self.exits.callback(self.progress.close)
@@ -421,6 +461,44 @@ class Run:
         if self.stopping:
             raise Stopped
         return agent
+
+    def compile_now(self, agent):
+        """Compile update() and act() now, before training, by calling each once on a batch of the data and on a
+        batch of evaluation states; every tensor of the agent and every random generator is put back afterwards, so
+        the run computes what it would have without this call. SIGINT / SIGTERM interrupt the compilation (which can
+        take minutes) within seconds: the agent is put back as it was and the run ends with its checkpoint."""
+        tensors = agent_tensors(agent)
+        saved, generators, numpy_state = [tensor.detach().clone() for tensor in tensors], rng_state(), np.random.get_state()
+
+        compiling = [True]
+
+        def interrupt(signum, frame):
+            self.stop_signal.append(signum)
+            if compiling[0]:  # once: a second signal does not cut the clean-up short
+                compiling[0] = False
+                raise CompileInterrupted
+
+        handlers = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if not self.stopping:
+                agent.update(self.buffer.sample(self.config.batch_size))
+                agent.act(torch.zeros(self.config.eval_episodes, self.state_dim, device=self.device))
+            compiling[0] = False
+        except CompileInterrupted:
+            torch._dynamo.reset()  # the half-made graphs are dropped
+        finally:
+            compiling[0] = False
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            with torch.no_grad():
+                for tensor, value in zip(tensors, saved):
+                    tensor.copy_(value)
+            set_rng_state(generators)
+            np.random.set_state(numpy_state)
+        if self.stopping:
+            raise Stopped
+        print(f"compiled the update step and EAS acting in {time.perf_counter() - self.compile_started:.0f} s", flush=True)
+        self.compile_started = 0.0
 
     def published(self) -> bool:
         """Whether summary.json describes the evaluations the checkpoint holds (it is written last)."""
@@ -455,7 +533,6 @@ class Run:
         self.progress.update(1)
         if self.compile_started:  # the first compiled step has run: it compiled the graph
             self.progress.write(f"compiled the update step in {time.perf_counter() - self.compile_started:.0f} s")
-        self.buffer.add(agent.transition_columns(self.data))  # the script's own per-transition fields, if any
             self.compile_started = 0.0
         if step % self.config.log_every == 0 or self.evaluation_due(step):
             self.check_finite()
@@ -510,10 +587,7 @@ class Run:
                 self.save("checkpoint_last.pt")
             self.finished = error_type is None or stopped_early
         finally:  # on every exit: progress bar, environments, wandb closed, signal handlers back, folder unlocked
-            if error_type is UsageError:  # refused in start(): lock_run_dir removes a folder it made (README)
-                self.exits.__exit__(error_type, error, traceback)
-            else:
-                self.exits.close()
+            self.exits.close()
         step = self.agent.step if self.agent is not None else 0
         if self.stopping:
             print(f"stopped by signal {self.stop_signal[0]} at step {step}; checkpoint saved, continue with"
@@ -542,16 +616,23 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
     line overriding it; prints the scores and writes eval_<checkpoint>.json beside it."""
     if args.checkpoint is None and args.run_dir is None:
         raise UsageError("--eval-only needs --run-dir (its checkpoint_last.pt) or --checkpoint PATH")
+    idle = sorted(given - set(EVALUATION_FLAGS) - set(EVAL_ONLY_MODE_FLAGS))
+    if idle:
+        raise UsageError(f"{', '.join(map(flag, idle))}: --eval-only evaluates a checkpoint with its run's own"
+                         f" configuration, so this would do nothing; it takes --run-dir or --checkpoint and the evaluation"
+                         f" flags ({', '.join(map(flag, EVALUATION_FLAGS))})")
     path = args.checkpoint or os.path.join(args.run_dir, "checkpoint_last.pt")
     checkpoint = read_checkpoint(path, "--eval-only", algorithm)
     overrides = {key: getattr(args, key) for key in EVALUATION_FLAGS if key in given}
     saved = saved_config(type(args), checkpoint, path)
     task = find_task(saved.env, saved.dataset_path)
     config = resolve_config(dataclasses.replace(saved, **overrides, eval_only=True, resume=False), task, paper, released)
+    check_evaluation_flags(config)
     seed_everything(config)
     CpuThreads(run_threads(config, checkpoint))
     buffer, data, _ = prepare_data(config, task)
     statistics = checkpoint_statistics(checkpoint, path)
+    warn_horizon(config, task)
     agent = agent_class(buffer.tensors["observations"].shape[1], buffer.tensors["actions"].shape[1], config,
                         torch.device(config.device))
     restore(agent, checkpoint, config, path)
@@ -567,39 +648,10 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
     card = data.card | {"preset": config.preset}
     report = dict(checkpoint=path, algo=algorithm, env=config.env, step=agent.step, overrides=overrides, result=result,
                   config=dataclasses.asdict(config), task=card)
-    atomic_write(os.path.join(folder, f"eval_{os.path.splitext(os.path.basename(path))[0]}.json"), report)
+    atomic_write(report_path(folder, os.path.splitext(os.path.basename(path))[0]), report)
     return dict(run_dir=folder, step=agent.step, evaluations=[result], stopped=False, agent=agent)
 
 
-def main(args_class, paper: dict, released: dict, agent_class, train: Callable, algorithm: str, description: str,
-         argv: Optional[list] = None) -> int:
-    """Parse the command line, fill the presets, train (or --eval-only); bad input is one line and exit code 2, a
-    run that diverged or could not save exit code 1, a run stopped by a signal 130."""
-    in_process, argv = argv is not None, sys.argv[1:] if argv is None else list(argv)
-    args = tyro.cli(args_class, args=argv, description=description.split("\n\n")[0])
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if args.capture_video:  # headless rendering unless the user chose otherwise: MuJoCo by EGL, pygame without a display
-            os.environ.setdefault("MUJOCO_GL", "egl")
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        if args.eval_only:
-            result = evaluate_only(args, given_flags(argv), paper, released, agent_class, algorithm)
-        else:
-            result = train(resolve_config(args, find_task(args.env, args.dataset_path), paper, released))
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (Diverged, SaveFailed) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers were in place: nothing was saved yet
-        print("stopped during start-up; no checkpoint was written", file=sys.stderr)
-        return 130
-    finally:  # in-process callers get their handlers back; from the command line, a run stopped by a signal
-        if in_process:  # ignores further ones until the process has exited (shutdown takes a moment)
-            for signum, handler in handlers.items():
-                signal.signal(signum, handler)
-    return 130 if result["stopped"] else 0
 def report_path(folder: str, checkpoint_name: str) -> str:
     """eval_<checkpoint>.json, or eval_<checkpoint>-2.json, -3, ... when earlier evaluations' files are there: an
     evaluation never replaces another's."""
@@ -608,14 +660,6 @@ def report_path(folder: str, checkpoint_name: str) -> str:
         number += 1
         path = os.path.join(folder, f"eval_{checkpoint_name}-{number}.json")
     return path
-
-
-def check_acting_flags(agent_class, given: set):
-    """An algorithm without a critic (agents.Agent) acts by plain sampling: EAS's flags would do nothing."""
-    eas = sorted(given & {"eas_samples", "eas_temperature"})
-    if eas and agent_class.acts_without_critic():
-        raise UsageError(f"{', '.join(map(flag, eas))}: {agent_class.__name__} has no critic, so it acts by sampling its"
-                         " policy, not by energy-based action selection; drop the flag")
 
 
 def interrupt_start_up(signum, frame):
@@ -635,6 +679,37 @@ def check_training_flags(args, given: set):
                          + (f": give --env {paper_task.name} for D4RL's" if paper_task else ": drop --terminals d4rl"))
 
 
-            check_acting_flags(agent_class, given_flags(argv))
-            check_acting_flags(agent_class, given_flags(argv))
+def main(args_class, paper: dict, released: dict, agent_class, train: Callable, algorithm: str, description: str,
+         argv: Optional[list] = None) -> int:
+    """Parse the command line, fill the presets, train (or --eval-only); bad input is one line and exit code 2, a
+    run that diverged or could not save exit code 1, a run stopped by a signal 130."""
+    in_process, argv = argv is not None, sys.argv[1:] if argv is None else list(argv)
+    args = tyro.cli(args_class, args=argv, description=description.split("\n\n")[0])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    if handlers[signal.SIGTERM] == signal.SIG_DFL:  # SIGTERM during start-up ends it as Ctrl-C does: nothing left behind
+        signal.signal(signal.SIGTERM, interrupt_start_up)
+    try:
+        if args.capture_video:  # headless rendering unless the user chose otherwise: MuJoCo by EGL, pygame without a display
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        if args.eval_only:
+            result = evaluate_only(args, given_flags(argv), paper, released, agent_class, algorithm)
+        else:
             check_training_flags(args, given_flags(argv))
+            result = train(resolve_config(args, find_task(args.env, args.dataset_path), paper, released))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (Diverged, SaveFailed) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers were in place: nothing was saved yet
+        print("stopped during start-up; no checkpoint was written", file=sys.stderr)
+        return 130
+    finally:  # in-process callers get their handlers back; from the command line, a run stopped by a signal
+        if in_process:  # ignores further ones until the process has exited (shutdown takes a moment)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        elif signal.getsignal(signal.SIGTERM) == interrupt_start_up:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return 130 if result["stopped"] else 0

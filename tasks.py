@@ -204,7 +204,6 @@ class OfflineData:
     score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     card: dict  # what was loaded and how it is scored (the task card; prepare_data completes it)
     spaces: Optional[tuple] = None  # the (observation, action) spaces the dataset records (Minari), or None
-    episode_starts: Optional[np.ndarray] = None  # the index of each episode's first transition, increasing
 
 
 def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
@@ -269,7 +268,41 @@ def antmaze_relabel(achieved_goals: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return np.linalg.norm(achieved_goals[1:] - goal, axis=-1) <= ANTMAZE_RELABEL_RADIUS
 
 
+def check_minari_folder():
+    """The Minari datasets folder can be made (Minari makes it at every look-up, a traceback when it cannot)."""
+    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+    where = "MINARI_DATASETS_PATH" if os.environ.get("MINARI_DATASETS_PATH") else "Minari's default folder"
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"the Minari datasets folder {root} ({where}) is a file, not a folder")
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"the Minari datasets folder {root} ({where}) cannot be made ({error.strerror or error}); set"
+                         " MINARI_DATASETS_PATH to a folder that exists or can be made") from None
+
+
+def check_episode(episode, source: str):
+    """One Minari episode: observations one row longer than actions, rewards and terminations (per episode, not only
+    in total: a row short here and a row long there would shift every transition), of real numbers."""
+    observations = flatten_observation(episode.observations)
+    lengths = dict(actions=len(episode.actions), rewards=len(episode.rewards), terminations=len(episode.terminations))
+    if any(length != len(observations) - 1 for length in lengths.values()):
+        raise UsageError(f"{source}: episode {episode.id} has {len(observations)} observations and"
+                         f" {', '.join(f'{n} {key}' for key, n in lengths.items())}; each needs one row fewer than the"
+                         " observations")
+    for key, value in (("observations", observations), ("actions", episode.actions), ("rewards", episode.rewards)):
+        check_dtype(key, np.asarray(value), f"{source}: episode {episode.id}")
+
+
+def check_dtype(key: str, value: np.ndarray, source: str):
+    """Real numbers; booleans only where a flag belongs (terminals, timeouts, dones)."""
+    if np.iscomplexobj(value) or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool) or (
+            value.dtype == bool and key in ("observations", "next_observations", "actions", "rewards")):
+        raise UsageError(f"{source}: {key} holds {value.dtype}, not {'real ' if value.dtype.kind in 'bc' else ''}numbers")
+
+
 def load_minari(task: Task, config) -> OfflineData:
+    check_minari_folder()
     if task.minari_id is None:
         raise UsageError(f"Minari holds no copy of D4RL's {task.name}-v2; download the original HDF5 file (D4RL) and"
                          " pass --dataset-path")
@@ -286,6 +319,7 @@ def load_minari(task: Task, config) -> OfflineData:
     columns = {key: [] for key in ("observations", "actions", "rewards", "next_observations", "dones")}
     try:
         for episode in dataset.iterate_episodes():
+            check_episode(episode, dataset_id)
             observations = flatten_observation(episode.observations)
             rewards = episode.rewards if goal is None else antmaze_relabel(episode.observations["achieved_goal"], goal)
             dones = np.asarray(episode.terminations, dtype=bool)
@@ -324,8 +358,7 @@ def load_minari(task: Task, config) -> OfflineData:
         score=score_card(task, reference))
     return OfflineData(**arrays, episode_returns=np.array([rewards.sum() for rewards in columns["rewards"]]),
                        score=score, make_env=make_env, card=card,
-                       spaces=(dataset.spec.observation_space, dataset.spec.action_space),
-                       episode_starts=np.cumsum([0] + [len(rewards) for rewards in columns["rewards"][:-1]]))
+                       spaces=(dataset.spec.observation_space, dataset.spec.action_space))
 
 
 def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
@@ -374,7 +407,7 @@ def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
         next_observations=next_observations.astype(np.float32), dones=terminals[keep].astype(np.float32),
         episode_returns=np.add.reduceat(data["rewards"].astype(np.float64), episode_starts),
         make_env=env_maker(task.env_id, task.domain, eval_horizon(config, task)), score=d4rl_score(task.ref_scores),
-        card=card, episode_starts=transition_starts[transition_starts < len(keep)])
+        card=card)
 
 
 def eval_horizon(config, task: Task) -> Optional[int]:
@@ -397,18 +430,19 @@ def memory_bytes() -> int:
 
 
 LARGEST_VALUE = 1e9  # no physical observation, action or reward of these tasks comes near; 1e30 squares to inf
-    transition_starts = np.unique(np.searchsorted(keep, episode_starts))  # the same starts among the kept rows
 
 
 def check_arrays(arrays: dict, source: str):
     """Numbers only, one row per transition, the right number of dimensions, no NaN or inf and no absurd magnitudes
     (said by array and row)."""
+    scalars = [key for key, value in arrays.items() if np.ndim(value) == 0]
+    if scalars:  # an HDF5 scalar dataset where an array belongs
+        raise UsageError(f"{source}: {', '.join(scalars)} is a single value, not an array with a row per transition")
     n = len(arrays["observations"])
     if n == 0:
         raise UsageError(f"{source} holds no transitions")
     for key, value in arrays.items():
-        if not (np.issubdtype(value.dtype, np.number) or value.dtype == bool):
-            raise UsageError(f"{source}: {key} holds {value.dtype}, not numbers")
+        check_dtype(key, value, source)
         matrix = key in ("observations", "next_observations", "actions")
         if value.shape[:1] != (n,) or value.ndim != 1 + matrix:
             raise UsageError(f"{source}: {key} has shape {value.shape}; expected {'(N, d)' if matrix else '(N,)'}"
@@ -464,7 +498,13 @@ def transform_rewards(name: str, rewards: np.ndarray, episode_returns: np.ndarra
         span = max(float(rewards.max() - rewards.min()), 1e-6)
         return ((rewards - rewards.min()) / span - 0.5) * 2.0
     if name == "returns":
-        return rewards * 1000.0 / max(float(episode_returns.max() - episode_returns.min()), 1e-6)
+        span = float(episode_returns.max() - episode_returns.min())
+        transformed = rewards * 1000.0 / span if span > 0 else None
+        if transformed is None or np.abs(transformed).max() > LARGEST_VALUE:
+            raise UsageError(f"--reward-transform returns divides the rewards by the range of the episode returns, and"
+                             f" the {len(episode_returns)} episode(s) of these data have returns within {span:.3g} of each"
+                             " other; use another --reward-transform (e.g. none)")
+        return transformed
     return rewards
 
 
@@ -523,15 +563,6 @@ def load_data(config, task: Task) -> OfflineData:
 def prepare_data(config, task: Task) -> tuple:
     """Load, check and transform the data; returns (buffer, data, statistics saved in checkpoints)."""
     data = load_data(config, task)
-    def add(self, columns: dict):
-        """A script's own per-transition fields (agents.Agent.transition_columns), one value or row per transition."""
-        for name, values in columns.items():
-            values = np.asarray(values, dtype=np.float32)
-            if name in self.tensors or values.shape[:1] != (self.size,) or not np.isfinite(values).all():
-                raise UsageError(f"transition column {name!r}: need a new name and {self.size} finite values (one per"
-                                 f" transition), got shape {values.shape}")
-            self.tensors[name] = torch.as_tensor(values.reshape(self.size, -1), device=self.device)
-
     try:
         env = data.make_env()
     except UsageError:

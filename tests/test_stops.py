@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import tyro
 
 import evaluation
 import runs
@@ -226,3 +227,184 @@ def test_make_demo_dataset_refuses_an_unwritable_destination_before_collecting(c
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, \
         stderr
+
+
+# -- 4. no wait on a worker that died; stops during compilation --------------------------------------------------
+def test_the_side_by_side_figure_does_not_wait_for_a_worker_that_died():
+    import benchmark_speed
+
+    start = time.time()
+    with pytest.raises(benchmark_speed.WorkerDied, match="exit code 1"):
+        benchmark_speed.side_by_side(0.5, threads=-1)  # torch.set_num_threads(-1) raises in each worker
+    assert time.time() - start < 120
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threads", "-1"], "--threads must be 0 (adaptive) or a thread count >= 1, got -1"),
+    (["--json", "{tmp}/missing/x.json"], "the folder {tmp}/missing does not exist"),
+    (["--plot", "{tmp}/x.xyz"], "matplotlib writes no .xyz files"),
+    (["--plot", "{tmp}"], "is a folder"),
+])
+def test_benchmark_flags_are_checked_before_measuring(flags, message, tmp_path, capsys):
+    import benchmark_speed
+
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    start = time.time()
+    with pytest.raises(SystemExit) as stop:
+        benchmark_speed.main(tyro.cli(benchmark_speed.Args, args=["--quick", *flags]))
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.startswith("error:") and error.count("\n") == 1, error
+    assert message.format(tmp=tmp_path) in error and time.time() - start < 10  # before any measurement
+
+
+def test_a_stop_during_compilation_ends_the_run_within_seconds_and_resumes_as_the_straight_run(straight, datasets,
+                                                                                               tmp_path):
+    """--compile on takes a minute or more to compile here; SIGTERM during it: exit 130 within 10 s with a checkpoint
+    of the agent as it was (nothing of the compile's trial step kept), resumed (eager) to the straight run's files."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--total-steps", "30", "--eval-every", "10",
+               "--run-dir", str(run_dir), *TINY, "--threads", "1", "--compile", "on"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=os.environ | dict(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache")))  # a cold compile
+    for line in process.stdout:
+        if line.startswith("compiling"):
+            break
+    time.sleep(5)
+    start = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and time.time() - start < 10 and "Traceback" not in stderr, stderr
+    assert "stopped by signal 15 at step 0" in stderr
+    assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["agent"]["step"] == 0
+    assert td3(datasets["pendulum"], run_dir, 30, "--resume") == 0
+    same_files(run_dir, straight)
+
+
+# -- 5. every check before any work: bad data and sizes ---------------------------------------------------------
+def one_line_refusal(capsys, *fragments):
+    output = capsys.readouterr()
+    lines = [line for line in output.err.splitlines() if not line.startswith("warning:")]  # e.g. a replica's size
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in output.err, output.err
+    assert all(fragment in lines[0] for fragment in fragments), output.err
+    assert "task:" not in output.out  # refused before the data were accepted and training began
+    return output
+
+
+@pytest.mark.parametrize("case, message", [
+    ("scalar-observations", "observations is a single value"),
+    ("bool-actions", "actions holds bool, not real numbers"),
+    ("complex-rewards", "rewards holds complex64, not real numbers"),
+    ("one-episode-returns", "--reward-transform returns divides the rewards by the range of the episode returns"),
+])
+def test_bad_d4rl_data_is_one_line_before_training(case, message, tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    from test_scripts import write_hopper_hdf5
+
+    path = str(tmp_path / "hopper.hdf5")
+    write_hopper_hdf5(path, lengths=(90,) if case == "one-episode-returns" else (30, 30, 30))
+    with h5py.File(path, "a") as file:
+        if case == "scalar-observations":
+            del file["observations"]
+            file["observations"] = np.float32(1.0)
+        elif case == "bool-actions":
+            actions = np.asarray(file["actions"]) > 0
+            del file["actions"]
+            file["actions"] = actions
+        elif case == "complex-rewards":
+            rewards = np.asarray(file["rewards"]).astype(np.complex64) * (1 + 1j)
+            del file["rewards"]
+            file["rewards"] = rewards
+    flags = ["--reward-transform", "returns"] if case == "one-episode-returns" else []
+    assert run_main("edp_td3", "--env", "hopper-medium", "--dataset-path", path, "--total-steps", "10",
+                    "--run-dir", str(tmp_path / "run"), *QUICK, *flags) == 2
+    one_line_refusal(capsys, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_minari_episodes_are_checked_one_by_one(datasets, tmp_path, capsys):
+    """Episode 0 one row short, episode 1 one row long: the totals agree, the transitions would be shifted by one."""
+    import json
+    import shutil
+
+    import h5py
+    import numpy as np
+    from minari.storage import get_dataset_path
+
+    shifted = "edp/pendulum-shifted-v0"
+    shutil.copytree(get_dataset_path(datasets["pendulum"]), get_dataset_path(shifted))
+    try:
+        metadata_path = os.path.join(get_dataset_path(shifted), "data", "metadata.json")
+        metadata = json.loads(open(metadata_path).read()) | dict(dataset_id=shifted)
+        with open(metadata_path, "w") as file:
+            json.dump(metadata, file)
+        with h5py.File(os.path.join(get_dataset_path(shifted), "data", "main_data.hdf5"), "a") as file:
+            for key in ("actions", "rewards", "terminations", "truncations"):
+                short, long = np.asarray(file[f"episode_0/{key}"])[:-1], np.asarray(file[f"episode_1/{key}"])
+                del file[f"episode_0/{key}"], file[f"episode_1/{key}"]
+                file[f"episode_0/{key}"], file[f"episode_1/{key}"] = short, np.concatenate([long, long[-1:]])
+        capsys.readouterr()
+        assert td3(shifted, tmp_path / "run", 10) == 2
+        one_line_refusal(capsys, "episode 0 has 201 observations and 199 actions")
+    finally:
+        shutil.rmtree(get_dataset_path(shifted))
+
+
+def test_an_eas_batch_that_cannot_fit_is_refused_before_the_data_are_read(datasets, tmp_path, capsys):
+    assert td3(datasets["pendulum"], tmp_path / "run", 10, "--eval-episodes", "2000", "--eas-samples", "10000") == 2
+    one_line_refusal(capsys, "--eval-episodes 2000 x --eas-samples 10000 = 20,000,000 actions")
+
+
+def test_a_minari_folder_that_is_a_file_is_one_line(datasets, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "file"))
+    assert td3("D4RL/pen/human-v2", tmp_path / "run", 10) == 2
+    one_line_refusal(capsys, f"the Minari datasets folder {tmp_path / 'file'} (MINARI_DATASETS_PATH) is a file")
+
+
+# -- 6. every typed flag applied or refused ---------------------------------------------------------------------
+def test_flags_that_would_do_nothing_are_refused(datasets, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert td3(datasets["pendulum"], run_dir, 10) == 0
+    capsys.readouterr()
+    assert td3(datasets["pendulum"], tmp_path / "other", 10, "--checkpoint", str(run_dir / "checkpoint_last.pt")) == 2
+    one_line_refusal(capsys, "--checkpoint names the checkpoint --eval-only evaluates")
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(run_dir), "--env", "hopper-medium", "--preset",
+                    "released") == 2
+    one_line_refusal(capsys, "--env, --preset: --eval-only evaluates a checkpoint with its run's own configuration")
+    assert td3("D4RL/kitchen/complete-v2", tmp_path / "kitchen", 10, "--terminals", "d4rl") == 2
+    one_line_refusal(capsys, "--terminals d4rl applies D4RL's rules", "give --env kitchen-complete")
+    assert td3(datasets["pendulum"], run_dir, 20, "--resume", "--no-torch-deterministic") == 2
+    one_line_refusal(capsys, "--torch-deterministic: saved True, given False")
+
+
+def test_eval_only_never_replaces_an_earlier_evaluations_file(datasets, tmp_path):
+    import json
+
+    run_dir = tmp_path / "run"
+    assert td3(datasets["pendulum"], run_dir, 10) == 0
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(run_dir), "--eval-episodes", "1") == 0
+    assert run_main("edp_td3", "--eval-only", "--run-dir", str(run_dir), "--eval-episodes", "2") == 0
+    first, second = (json.loads((run_dir / name).read_text()) for name in ("eval_checkpoint_last.json",
+                                                                          "eval_checkpoint_last-2.json"))
+    assert first["overrides"] == dict(eval_episodes=1) and second["overrides"] == dict(eval_episodes=2)
+
+
+def test_a_horizon_other_than_d4rls_is_said(replicas, tmp_path, capsys):
+    assert td3("pen-human", tmp_path / "run", 10, "--eval-max-steps", "10") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--eval-max-steps" in line]
+    assert len(warnings) == 1 and "D4RL evaluates pen-human over 100 steps" in warnings[0], warnings
+
+
+def test_sigterm_during_start_up_leaves_nothing(datasets, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir", str(run_dir), *QUICK]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the configuration is printed before the data are read
+        if line.startswith("edp_td3 configuration"):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert not run_dir.exists()
