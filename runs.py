@@ -23,6 +23,7 @@ import os
 import pickle
 import random
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -108,8 +109,12 @@ def lock_run_dir(run_dir: str, resume: bool):
     with lock:
         try:
             yield
+        except UsageError:  # refused before its first file (an agent's checks, its contract): what it made goes too
+            if created and not any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES):
+                shutil.rmtree(run_dir, ignore_errors=True)  # wandb's offline folder, the lock (removed while held)
+            raise
         finally:
-            if created and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
+            if created and os.path.isdir(run_dir) and os.listdir(run_dir) == ["run.lock"]:  # removed while still locked
                 os.remove(lock.name)
                 os.rmdir(run_dir)
 
@@ -300,8 +305,9 @@ def agent_tensors(agent) -> list:
 
 
 def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoint"):
-    """An agent's weights, optimisers, step and the random state from a checkpoint; then compiled with --compile.
-    A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
+    """An agent, its contract checked (agents.Agent), with its weights, optimisers, step and the random state from a
+    checkpoint. A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
+    agent.check_contract()
     if checkpoint is not None:
         try:
             agent.load_state_dict(checkpoint["agent"])
@@ -411,7 +417,8 @@ class Run:
         self.config_dict = dataclasses.asdict(config) | {"algo": self.algorithm, "domain": self.task.domain}
         print(f"{self.algorithm} configuration:\n{json.dumps(self.config_dict, indent=2)}", flush=True)
         seed_everything(config)
-        self.buffer, data, self.statistics = prepare_data(config, self.task)
+        self.buffer, self.data, self.statistics = prepare_data(config, self.task)
+        data = self.data
         self.card = data.card | {"preset": config.preset}
         if self.checkpoint is not None:
             check_same_data(self.card, self.checkpoint, checkpoint_path)
@@ -448,6 +455,7 @@ class Run:
         from tqdm import tqdm
 
         self.agent = restore(agent, self.checkpoint, self.config, os.path.join(self.run_dir, "checkpoint_last.pt"))
+        self.buffer.add(agent.transition_columns(self.data))  # the script's own per-transition fields, if any
         self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - agent.step)
         if self.compile_started:
             self.compile_now(agent)
@@ -587,7 +595,10 @@ class Run:
                 self.save("checkpoint_last.pt")
             self.finished = error_type is None or stopped_early
         finally:  # on every exit: progress bar, environments, wandb closed, signal handlers back, folder unlocked
-            self.exits.close()
+            if error_type is UsageError:  # refused in start(): lock_run_dir removes a folder it made (README)
+                self.exits.__exit__(error_type, error, traceback)
+            else:
+                self.exits.close()
         step = self.agent.step if self.agent is not None else 0
         if self.stopping:
             print(f"stopped by signal {self.stop_signal[0]} at step {step}; checkpoint saved, continue with"
@@ -662,6 +673,14 @@ def report_path(folder: str, checkpoint_name: str) -> str:
     return path
 
 
+def check_acting_flags(agent_class, given: set):
+    """An algorithm without a critic (agents.Agent) acts by plain sampling: EAS's flags would do nothing."""
+    eas = sorted(given & {"eas_samples", "eas_temperature"})
+    if eas and agent_class.acts_without_critic():
+        raise UsageError(f"{', '.join(map(flag, eas))}: {agent_class.__name__} has no critic, so it acts by sampling its"
+                         " policy, not by energy-based action selection; drop the flag")
+
+
 def interrupt_start_up(signum, frame):
     raise KeyboardInterrupt
 
@@ -693,8 +712,10 @@ def main(args_class, paper: dict, released: dict, agent_class, train: Callable, 
             os.environ.setdefault("MUJOCO_GL", "egl")
             os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
         if args.eval_only:
+            check_acting_flags(agent_class, given_flags(argv))
             result = evaluate_only(args, given_flags(argv), paper, released, agent_class, algorithm)
         else:
+            check_acting_flags(agent_class, given_flags(argv))
             check_training_flags(args, given_flags(argv))
             result = train(resolve_config(args, find_task(args.env, args.dataset_path), paper, released))
     except UsageError as error:

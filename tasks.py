@@ -204,6 +204,7 @@ class OfflineData:
     score: Callable[[np.ndarray], np.ndarray]  # episode returns -> normalised scores (x100), or the returns
     card: dict  # what was loaded and how it is scored (the task card; prepare_data completes it)
     spaces: Optional[tuple] = None  # the (observation, action) spaces the dataset records (Minari), or None
+    episode_starts: Optional[np.ndarray] = None  # the index of each episode's first transition, increasing
 
 
 def d4rl_score(ref_scores: Optional[tuple]) -> Callable[[np.ndarray], np.ndarray]:
@@ -358,7 +359,8 @@ def load_minari(task: Task, config) -> OfflineData:
         score=score_card(task, reference))
     return OfflineData(**arrays, episode_returns=np.array([rewards.sum() for rewards in columns["rewards"]]),
                        score=score, make_env=make_env, card=card,
-                       spaces=(dataset.spec.observation_space, dataset.spec.action_space))
+                       spaces=(dataset.spec.observation_space, dataset.spec.action_space),
+                       episode_starts=np.cumsum([0] + [len(rewards) for rewards in columns["rewards"][:-1]]))
 
 
 def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
@@ -395,6 +397,7 @@ def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
     next_observations = data["next_observations"][keep] if "next_observations" in data else data["observations"][keep + 1]
     episode_starts = np.r_[0, np.flatnonzero(terminals | timeouts) + 1]
     episode_starts = episode_starts[episode_starts < len(terminals)]  # a last episode without an end flag is its own
+    transition_starts = np.unique(np.searchsorted(keep, episode_starts))  # the same starts among the kept rows
     from d4rl_files import rows_note
 
     size = rows_note(task.name, len(data["observations"]))  # said once the data are accepted (prepare_data)
@@ -407,7 +410,7 @@ def load_hdf5(task: Task, config, path: Optional[str] = None) -> OfflineData:
         next_observations=next_observations.astype(np.float32), dones=terminals[keep].astype(np.float32),
         episode_returns=np.add.reduceat(data["rewards"].astype(np.float64), episode_starts),
         make_env=env_maker(task.env_id, task.domain, eval_horizon(config, task)), score=d4rl_score(task.ref_scores),
-        card=card)
+        card=card, episode_starts=transition_starts[transition_starts < len(keep)])
 
 
 def eval_horizon(config, task: Task) -> Optional[int]:
@@ -519,6 +522,15 @@ class DeviceBuffer:
     def __init__(self, arrays: dict, device: torch.device):
         self.tensors = {key: torch.as_tensor(value, dtype=torch.float32, device=device) for key, value in arrays.items()}
         self.size, self.device = len(arrays["observations"]), device
+
+    def add(self, columns: dict):
+        """A script's own per-transition fields (agents.Agent.transition_columns), one value or row per transition."""
+        for name, values in columns.items():
+            values = np.asarray(values, dtype=np.float32)
+            if name in self.tensors or values.shape[:1] != (self.size,) or not np.isfinite(values).all():
+                raise UsageError(f"transition column {name!r}: need a new name and {self.size} finite values (one per"
+                                 f" transition), got shape {values.shape}")
+            self.tensors[name] = torch.as_tensor(values.reshape(self.size, -1), device=self.device)
 
     def sample(self, batch_size: int) -> dict:
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
