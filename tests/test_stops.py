@@ -173,10 +173,10 @@ def test_a_sweep_refuses_an_out_dir_it_cannot_write(case, tmp_path):
 
 
 # -- 3. nothing deleted before its replacement exists ---------------------------------------------------------
-def make_demo(folder, *flags, **kwargs):
+def make_demo(folder, *flags, env=None):
     command = [sys.executable, os.path.join(ROOT, "make_demo_dataset.py"), *flags]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | dict(MINARI_DATASETS_PATH=str(folder)), **kwargs)
+                            env=env if env is not None else os.environ | dict(MINARI_DATASETS_PATH=str(folder)))
 
 
 def episodes_of(folder, dataset_id):
@@ -356,11 +356,22 @@ def test_an_eas_batch_that_cannot_fit_is_refused_before_the_data_are_read(datase
     one_line_refusal(capsys, "--eval-episodes 2000 x --eas-samples 10000 = 20,000,000 actions")
 
 
-def test_a_minari_folder_that_is_a_file_is_one_line(datasets, tmp_path, capsys, monkeypatch):
-    (tmp_path / "file").write_text("")
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "file"))
+@pytest.mark.parametrize("case", ["a-file", "home-unwritable"])
+def test_a_minari_folder_that_cannot_be_used_is_one_line(case, datasets, tmp_path, capsys, monkeypatch):
+    if case == "a-file":
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "file"))
+        message = f"the Minari datasets folder {tmp_path / 'file'} (MINARI_DATASETS_PATH) is a file"
+    else:  # /proc takes no new folders, whoever asks
+        monkeypatch.delenv("MINARI_DATASETS_PATH")
+        monkeypatch.setenv("HOME", "/proc/no-home")
+        message = "the Minari datasets folder /proc/no-home/.minari/datasets (Minari's default folder) cannot be made"
     assert td3("D4RL/pen/human-v2", tmp_path / "run", 10) == 2
-    one_line_refusal(capsys, f"the Minari datasets folder {tmp_path / 'file'} (MINARI_DATASETS_PATH) is a file")
+    one_line_refusal(capsys, message)
+    process = make_demo(tmp_path / "file" if case == "a-file" else "", "pendulum", "--episodes", "1",
+                        env=os.environ | ({"MINARI_DATASETS_PATH": str(tmp_path / "file")} if case == "a-file" else {}))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
 
 
 # -- 6. every typed flag applied or refused ---------------------------------------------------------------------
@@ -408,3 +419,21 @@ def test_sigterm_during_start_up_leaves_nothing(datasets, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert not run_dir.exists()
+
+
+def test_a_sweep_marks_a_run_done_only_once_its_last_evaluation_is_in_its_summary(tmp_path):
+    """A run that exits 0 without its last evaluation in summary.json (e.g. a resume that skipped it) is not done."""
+    import json
+
+    import reproduce
+
+    run_dir = tmp_path / "run"
+    result = reproduce.execute([sys.executable, "-c", "pass"], str(run_dir), dict(os.environ), 1)
+    assert result["returncode"] == "0 without its last evaluation" and not (run_dir / "done.json").exists()
+    summary_json = dict(final_step=20, config=dict(total_steps=30), evaluations=[dict(step=10), dict(step=20)])
+    (run_dir / "summary.json").write_text(json.dumps(summary_json))
+    assert reproduce.execute([sys.executable, "-c", "pass"], str(run_dir), dict(os.environ), 1)["returncode"] != 0
+    (run_dir / "summary.json").write_text(json.dumps(summary_json | dict(
+        final_step=30, evaluations=[dict(step=10), dict(step=20), dict(step=30)])))
+    assert reproduce.execute([sys.executable, "-c", "pass"], str(run_dir), dict(os.environ), 1)["returncode"] == 0
+    assert (run_dir / "done.json").exists()
