@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch.optim.adam import adam as functional_adam  # a module-level name: torch.compile traces it
 
 from diffusion import Mish, energy_based_action_selection, initialize_layers
-from tasks import UsageError, one_line
+from errors import UsageError, one_line
 
 
 # ==============================================================================================
@@ -204,10 +204,6 @@ class Agent:
         """The names of every network and optimiser the agent holds, in the order __init__ set them."""
         return tuple(name for name, value in vars(self).items() if isinstance(value, nn.Module | torch.optim.Optimizer))
 
-    @property
-    def step(self) -> int:
-        return int(self.step_count)
-
     def transition_columns(self, data) -> dict:
         """Extra per-transition fields for every batch, computed once at load from the task's data (tasks.OfflineData:
         raw rewards, dones, episode_starts; one value or row per transition); they go to the device with the rest and
@@ -251,7 +247,7 @@ class Agent:
                                              self.config.eas_temperature, **scales, **self.sample_kwargs)
 
     def state_dict(self) -> dict:
-        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": self.step}
+        return {name: getattr(self, name).state_dict() for name in self.checkpointed} | {"step": int(self.step_count)}
 
     def load_state_dict(self, state: dict) -> None:
         """The agent's state from a checkpoint, which must hold exactly its networks and optimisers."""

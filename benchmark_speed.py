@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import edp_td3
 from agents import TwinCritic, mlp, polyak, should_compile
-from config import resolve_config
+from flags import resolve_config
 from evaluation import Evaluator
 from runs import CpuThreads
 from tasks import TASKS

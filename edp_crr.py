@@ -8,7 +8,7 @@ The diffusion policy is trained by weighted maximum likelihood (Eq. 11): the int
 is replaced by the Gaussian surrogate N(a; a0_hat, sigma^2 I) around the action approximation
 (Eq. 13), or by the ELBO-weighted noise error (Eq. 12).
 
-Reading order: flags (Args; the flags every script shares are config.CommonArgs), the defaults table, the
+Reading order: flags (Args; the flags every script shares are flags.CommonArgs), the defaults table, the
 algorithm, the training loop. Data, runs and evaluation live in tasks.py, runs.py and evaluation.py.
 """
 
@@ -23,20 +23,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-import config as shared
+import flags
 import runs
 from agents import Agent, TwinCritic, adam_step, polyak, update_ema_policy
 from diffusion import DiffusionPolicy
-from tasks import UsageError
+from errors import UsageError
 
 ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py logs and checkpoints as my_edp
 
 
 # ==============================================================================================
-# Command line: the flags of every script and of likelihood training (config.py), then CRR's own
+# Command line: the flags of every script and of likelihood training (flags.py), then CRR's own
 # ==============================================================================================
 @dataclass
-class Args(shared.LikelihoodArgs):
+class Args(flags.LikelihoodArgs):
     beta: float = 1.0
     """CRR temperature: weight exp(A / beta) (App. A.2)"""
     weight_clip: float = 20.0
@@ -46,12 +46,12 @@ class Args(shared.LikelihoodArgs):
 
 
 # ==============================================================================================
-# Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
+# Defaults: a flag left unset takes its --preset's value for the task (flags.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | shared.LIKELIHOOD_PAPER | {
+PAPER = flags.PAPER | flags.LIKELIHOOD_PAPER | {
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | shared.LIKELIHOOD_RELEASED | {"reward_transform": PAPER["reward_transform"]}
+RELEASED = flags.RELEASED | flags.LIKELIHOOD_RELEASED | {"reward_transform": PAPER["reward_transform"]}
 
 
 # ==============================================================================================
@@ -124,8 +124,9 @@ def train(config: Args) -> dict:
     """Sample a batch on the device, update, log every --log-every steps, evaluate with EAS and save every
     --eval-every steps; Ctrl-C or SIGTERM ends the loop with a checkpoint (continue with --resume)."""
     with runs.Run(config, ALGORITHM) as run:  # locked run folder, data on the device, evaluator, wandb
-        agent = run.start(EDPCRR(run.state_dim, run.action_dim, run.config, run.device))  # --resume restores it
-        for step in range(agent.step + 1, config.total_steps + 1):
+        config = run.config  # as the run completed it: its folder, its thread count
+        agent = run.start(EDPCRR(run.state_dim, run.action_dim, config, run.device))  # --resume restores it
+        for step in range(int(agent.step_count) + 1, config.total_steps + 1):
             run.log_training(step, agent.update(run.buffer.sample(config.batch_size)))
             if run.evaluation_due(step):
                 run.evaluate(step)

@@ -9,7 +9,7 @@ the target critics and Q to r + gamma V(s'). The diffusion policy is trained by 
 likelihood (Eq. 11) with the weight exp(beta * A), A = Q - V, through the Gaussian surrogate
 N(a; a0_hat, sigma^2 I) around the action approximation (Eq. 13) or the ELBO form (Eq. 12).
 
-Reading order: flags (Args; the flags every script shares are config.CommonArgs), the defaults table, the
+Reading order: flags (Args; the flags every script shares are flags.CommonArgs), the defaults table, the
 algorithm, the training loop. Data, runs and evaluation live in tasks.py, runs.py and evaluation.py.
 """
 
@@ -24,38 +24,38 @@ from typing import Annotated, Optional
 import torch
 import torch.nn.functional as F
 
-import config as shared
+import flags
 import runs
 from agents import Agent, TwinCritic, adam_step, mlp, polyak, update_ema_policy
 from diffusion import DiffusionPolicy
-from tasks import UsageError
+from errors import UsageError
 
 ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py logs and checkpoints as my_edp
 
 
 # ==============================================================================================
-# Command line: the flags of every script and of likelihood training (config.py), then IQL's own
+# Command line: the flags of every script and of likelihood training (flags.py), then IQL's own
 # ==============================================================================================
 @dataclass
-class Args(shared.LikelihoodArgs):
-    expectile: Annotated[Optional[float], shared.DEFAULT_IN_HELP] = None
+class Args(flags.LikelihoodArgs):
+    expectile: Annotated[Optional[float], flags.DEFAULT_IN_HELP] = None
     """expectile tau of the V regression (default: 0.7; 0.9 on antmaze; App. A.3; released: 0.7)"""
-    beta: Annotated[Optional[float], shared.DEFAULT_IN_HELP] = None
+    beta: Annotated[Optional[float], flags.DEFAULT_IN_HELP] = None
     """inverse temperature of the IQL paper: weight exp(beta * A) (default: 1, App. A.3; released: 3)"""
     weight_clip: float = 100.0
     """upper clip of the weight exp(beta * A) (authors' code: 100)"""
 
 
 # ==============================================================================================
-# Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
+# Defaults: a flag left unset takes its --preset's value for the task (flags.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | shared.LIKELIHOOD_PAPER | {
+PAPER = flags.PAPER | flags.LIKELIHOOD_PAPER | {
     "expectile": {"locomotion": 0.7, "antmaze": 0.9, "adroit": 0.7, "kitchen": 0.7},  # App. A.3
     "beta": 1.0,  # App. A.3: "a temperature of beta = 1"
     # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze-iql", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | shared.LIKELIHOOD_RELEASED | {  # sail-sg/edp at b019648
+RELEASED = flags.RELEASED | flags.LIKELIHOOD_RELEASED | {  # sail-sg/edp at b019648
     "expectile": 0.7,  # dql.py:84
     "beta": 3.0,  # dql.py:85 awr_temperature, multiplying A (dql.py:584)
     # README.md:51 runs IQL with --norm_reward=True (utilities/traj_dataset.py:142-147; never on AntMaze, trainer.py:422-424)
@@ -135,8 +135,9 @@ def train(config: Args) -> dict:
     """Sample a batch on the device, update, log every --log-every steps, evaluate with EAS and save every
     --eval-every steps; Ctrl-C or SIGTERM ends the loop with a checkpoint (continue with --resume)."""
     with runs.Run(config, ALGORITHM) as run:  # locked run folder, data on the device, evaluator, wandb
-        agent = run.start(EDPIQL(run.state_dim, run.action_dim, run.config, run.device))  # --resume restores it
-        for step in range(agent.step + 1, config.total_steps + 1):
+        config = run.config  # as the run completed it: its folder, its thread count
+        agent = run.start(EDPIQL(run.state_dim, run.action_dim, config, run.device))  # --resume restores it
+        for step in range(int(agent.step_count) + 1, config.total_steps + 1):
             run.log_training(step, agent.update(run.buffer.sample(config.batch_size)))
             if run.evaluation_due(step):
                 run.evaluate(step)

@@ -9,7 +9,7 @@ The critics learn the TD target r + gamma (1 - done) min(Q1', Q2')(s', a') with 
 policy by DPM-Solver (Eq. 6). The policy minimises L_diff + eta * L_pi, where L_pi = -lambda Q(s, a0_hat)
 is evaluated at the action approximation a0_hat (Eq. 9, Eq. 10): one network call per update, whatever K.
 
-Reading order: flags (Args; the flags every script shares are config.CommonArgs), the defaults table, the
+Reading order: flags (Args; the flags every script shares are flags.CommonArgs), the defaults table, the
 algorithm, the training loop. Data, runs and evaluation live in tasks.py, runs.py and evaluation.py.
 """
 
@@ -24,20 +24,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-import config as shared
+import flags
 import runs
 from agents import Agent, TwinCritic, adam_step, polyak, update_ema_policy
 from diffusion import DiffusionPolicy
-from tasks import UsageError
+from errors import UsageError
 
 ALGORITHM = os.path.splitext(os.path.basename(__file__))[0]  # a copy my_edp.py logs and checkpoints as my_edp
 
 
 # ==============================================================================================
-# Command line: the flags of every script (config.CommonArgs), then TD3's own
+# Command line: the flags of every script (flags.CommonArgs), then TD3's own
 # ==============================================================================================
 @dataclass
-class Args(shared.CommonArgs):
+class Args(flags.CommonArgs):
     action_approx: bool = True
     """train with action approximation (Eq. 9); off: back-propagate through the sampler (Diffusion-QL)"""
     alpha: float = 2.0
@@ -47,12 +47,12 @@ class Args(shared.CommonArgs):
 
 
 # ==============================================================================================
-# Defaults: a flag left unset takes its --preset's value for the task (config.py holds the shared rows)
+# Defaults: a flag left unset takes its --preset's value for the task (flags.py holds the shared rows)
 # ==============================================================================================
-PAPER = shared.PAPER | {  # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
+PAPER = flags.PAPER | {  # the authors' reward transforms (sail-sg/edp trainer.py:445-453)
     "reward_transform": {"locomotion": "none", "antmaze": "antmaze", "adroit": "minmax", "kitchen": "minmax"},
 }
-RELEASED = shared.RELEASED | {"reward_transform": PAPER["reward_transform"]}
+RELEASED = flags.RELEASED | {"reward_transform": PAPER["reward_transform"]}
 
 
 # ==============================================================================================
@@ -129,8 +129,9 @@ def train(config: Args) -> dict:
     """Sample a batch on the device, update, log every --log-every steps, evaluate with EAS and save every
     --eval-every steps; Ctrl-C or SIGTERM ends the loop with a checkpoint (continue with --resume)."""
     with runs.Run(config, ALGORITHM) as run:  # locked run folder, data on the device, evaluator, wandb
-        agent = run.start(EDPTD3(run.state_dim, run.action_dim, run.config, run.device))  # --resume restores it
-        for step in range(agent.step + 1, config.total_steps + 1):
+        config = run.config  # as the run completed it: its folder, its thread count
+        agent = run.start(EDPTD3(run.state_dim, run.action_dim, config, run.device))  # --resume restores it
+        for step in range(int(agent.step_count) + 1, config.total_steps + 1):
             run.log_training(step, agent.update(run.buffer.sample(config.batch_size)))
             if run.evaluation_due(step):
                 run.evaluate(step)

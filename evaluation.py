@@ -13,7 +13,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from tasks import flatten_observation, normalize_observations, one_line
+from errors import one_line
+from tasks import flatten_observation, normalize_observations
 
 
 class EvaluationStopped(Exception):

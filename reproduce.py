@@ -202,7 +202,8 @@ def check(args: Args):
     if not args.dry_run:
         writable_folder(args.out_dir)
     if args.tasks:
-        from tasks import UsageError, find_task  # the scripts' own rule of what a task is
+        from errors import UsageError
+        from tasks import find_task  # the scripts' own rule of what a task is
 
         for task in args.tasks:
             try:

@@ -1,11 +1,13 @@
-"""Runs: the run folder (locked while a run holds it), checkpoints that survive a crash and resume exactly,
-summary.json, wandb, torch's CPU threads, stops by signal, --eval-only, and main(): bad input as one line.
+"""Runs: the run folder (locked while a run holds it), the run around a script's training loop (data on the device,
+evaluation, checkpoints and summary.json, wandb, stops by signal), --eval-only, and main(): bad input as one line.
+What a checkpoint holds and how it is read back is checkpoints.py; torch's CPU threads, threads.py.
 
 A script's training loop holds a `Run`:
 
     with Run(config, ALGORITHM) as run:  # folder, data, evaluator, wandb, signal handlers
-        agent = run.start(MyAgent(run.state_dim, run.action_dim, config, run.device))  # --resume restores it
-        for step in range(agent.step + 1, config.total_steps + 1):
+        config = run.config  # as the run completed it: its folder, its thread count
+        agent = run.start(MyAgent(run.state_dim, run.action_dim, config, run.device))  # contract checked, --resume restores it
+        for step in range(int(agent.step_count) + 1, config.total_steps + 1):
             run.log_training(step, agent.update(run.buffer.sample(config.batch_size)))
             if run.evaluation_due(step):
                 run.evaluate(step)  # EAS episodes, RAT / OMS, checkpoints, summary.json
@@ -20,7 +22,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import pickle
 import random
 import secrets
 import shutil
@@ -28,8 +29,6 @@ import signal
 import sys
 import tempfile
 import time
-import types
-import typing
 from typing import Callable, Optional
 
 import numpy as np
@@ -37,17 +36,18 @@ import torch
 import tyro
 
 from agents import should_compile
-from config import flag, resolve_config
+from flags import flag, resolve_config
 from evaluation import EvaluationStopped, Evaluator, summarize
-from tasks import TASKS, UsageError, find_task, one_line, prepare_data
+from checkpoints import (SaveFailed, atomic_write, check_resume, check_same_data, checkpoint_evaluations,
+                         checkpoint_statistics, last_good_checkpoint, read_checkpoint, restore, rng_state, saved_config,
+                         set_rng_state)
+from errors import UsageError, one_line
+from threads import CpuThreads, run_threads
+from tasks import TASKS, find_task, prepare_data
 
 
 class Diverged(Exception):
     """A NaN or inf loss: reported with its step, exit code 1; the last good checkpoint is kept."""
-
-
-class SaveFailed(Exception):
-    """A checkpoint or summary.json could not be written (full or read-only disk): exit code 1; the last good files stay."""
 
 
 class Stopped(Exception):
@@ -55,10 +55,6 @@ class Stopped(Exception):
     resume): Run.__exit__ saves the checkpoint and ends the run as a stop in the loop would."""
 
 
-# a resumed run keeps its saved configuration; only these flags may differ from it
-# (--torch-deterministic is not among them: on CUDA it changes the numbers from the step it is changed at)
-RESUMABLE = ("total_steps", "eval_every", "log_every", "wandb_mode", "wandb_project", "wandb_group", "wandb_entity",
-             "device", "compile", "threads", "capture_video", "resume", "run_dir")
 # --eval-only keeps the saved configuration but for these flags, where given on its command line
 EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_scale", "policy_scale", "acting_policy",
                     "sampler", "dpm_steps", "dpm_order", "dpm_method", "dpm_skip", "eval_env", "eval_max_steps", "seed",
@@ -67,9 +63,6 @@ EVALUATION_FLAGS = ("eval_episodes", "eas_samples", "eas_temperature", "noise_sc
 EVAL_ONLY_MODE_FLAGS = ("eval_only", "checkpoint", "run_dir")
 EAS_BATCH_LIMIT = 1_000_000  # --eval-episodes x --eas-samples: the states EAS scores at once (as --batch-size's limit)
 RUN_FILES = ("summary.json", "checkpoint_best.pt", "checkpoint_last.pt")  # what makes a folder hold a run
-CHECKPOINT_KEYS = ("algo", "env", "config", "agent", "statistics", "evaluations", "wandb_id", "rng")
-# A checkpoint's "pending_evaluation": the step whose evaluation a stop cut short (None: none). The evaluation belongs
-# to its step, so --resume redoes it before training on: a stopped and resumed run has the straight run's history.
 
 
 # ==============================================================================================
@@ -119,69 +112,6 @@ def lock_run_dir(run_dir: str, resume: bool):
                 os.rmdir(run_dir)
 
 
-def last_good_checkpoint(run_dir: str) -> str:
-    path = os.path.join(run_dir, "checkpoint_last.pt")
-    return f"the last good checkpoint is {path}" if os.path.isfile(path) else "no checkpoint was saved"
-
-
-def atomic_write(path: str, content):
-    """torch.save (or JSON for a .json path) to a temporary file, then rename: a reader never sees half a file, and a
-    failed write leaves none."""
-    temporary = f"{path}.tmp"
-    try:
-        if path.endswith(".json"):
-            with open(temporary, "w") as file:
-                json.dump(content, file, indent=1, allow_nan=False)
-        else:
-            torch.save(content, temporary)
-        os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:  # a full or read-only disk; torch.save reports it as a RuntimeError
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise SaveFailed(f"cannot write {path} ({one_line(error)}); {last_good_checkpoint(os.path.dirname(path))}") from None
-
-
-def read_checkpoint(path: str, purpose: str, algorithm: str) -> dict:
-    """A checkpoint of this script, if it is data only (tensors, numbers, strings, lists, dicts)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"{purpose}: no checkpoint at {path}")
-    try:  # weights_only: unpickling anything more than data could run code the file names
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UsageError(f"{purpose}: refused {path}: it holds objects other than tensors, numbers, strings, lists and"
-                         " dicts, and loading them could run code") from None
-    except Exception as error:
-        raise UsageError(f"{purpose}: {path} is not a usable checkpoint ({one_line(error)})") from None
-    if not (isinstance(checkpoint, dict) and set(CHECKPOINT_KEYS) <= set(checkpoint)
-            and isinstance(checkpoint["config"], dict)):
-        raise UsageError(f"{purpose}: {path} is not a checkpoint of these scripts")
-    if checkpoint["algo"] != algorithm:
-        raise UsageError(f"{purpose}: {path} belongs to {checkpoint['algo']}, not {algorithm}")
-    return checkpoint
-
-
-def checkpoint_evaluations(checkpoint: dict, path: str) -> tuple:
-    """A checkpoint's evaluation history and pending evaluation, checked: a list of evaluations (dicts with an int
-    step and finite scores, steps increasing, none past the checkpoint's step) and None or the checkpoint's step."""
-    evaluations, pending = checkpoint["evaluations"], checkpoint.get("pending_evaluation")
-    step = checkpoint["agent"].get("step") if isinstance(checkpoint["agent"], dict) else None
-    number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)  # noqa: E731
-    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
-        raise UsageError(f"{path}: its agent's step is not a step count")
-    if not (isinstance(evaluations, list) and all(
-            isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e.get("step"), bool)
-            and number(e.get("normalized_score")) and number(e.get("return")) for e in evaluations)):
-        raise UsageError(f"{path}: its evaluations are not a list of evaluations (each a dict with an int step, a"
-                         " finite normalized_score and return)")
-    steps = [e["step"] for e in evaluations]
-    if steps != sorted(set(steps)) or (steps and not 0 < steps[-1] <= step):
-        raise UsageError(f"{path}: its evaluations' steps {steps[:3]}...{steps[-3:]} are not increasing steps up to the"
-                         f" checkpoint's step {step}")
-    if pending is not None and not (pending == step and type(pending) is int and (not steps or steps[-1] < step)):
-        raise UsageError(f"{path}: its pending evaluation {pending!r} is not the checkpoint's step {step}")
-    return evaluations, pending
-
-
 def check_evaluation_flags(config):
     """Before any work: EAS's batch (--eval-episodes x --eas-samples) must fit, each within its own limit or not."""
     if config.eval_episodes * config.eas_samples > EAS_BATCH_LIMIT:
@@ -200,67 +130,6 @@ def warn_horizon(config, task):
               f" over {task.horizon} steps)", file=sys.stderr, flush=True)
 
 
-def check_resume(config, checkpoint: dict, path: str, algorithm: str):
-    """A resume continues the saved configuration on the same data, or is refused naming what differs."""
-    if checkpoint["env"] != config.env:
-        raise UsageError(f"--resume: {path} belongs to {checkpoint['algo']} on {checkpoint['env']},"
-                         f" not {algorithm} on {config.env}")
-    saved = checkpoint["config"]
-    changed = [f"{flag(key)}: saved {saved.get(key)}, given {value}"
-               for key, value in dataclasses.asdict(config).items() if key not in RESUMABLE and saved.get(key) != value]
-    if changed:
-        raise UsageError(f"--resume continues the saved configuration, and these flags differ from it: {'; '.join(changed)}"
-                         f" (only {', '.join(map(flag, RESUMABLE))} may change)")
-
-
-def checkpoint_statistics(checkpoint: dict, path: str) -> dict:
-    """The normalisation statistics a checkpoint was trained with, checked: finite tensors of the saved keys."""
-    statistics = checkpoint["statistics"]
-    keys = ("observation_mean", "observation_std", "observation_clip", "action_low", "action_high")
-    if not (isinstance(statistics, dict) and all(isinstance(statistics.get(key), torch.Tensor) for key in keys)):
-        raise UsageError(f"{path}: its normalisation statistics are incomplete")
-    if not all(torch.isfinite(statistics[key]).all() for key in keys if key != "observation_clip"):
-        raise UsageError(f"{path}: its normalisation statistics hold NaN or inf")
-    return {key: statistics[key].numpy() for key in keys}
-
-
-def matches(value, hint) -> bool:
-    """Whether a value read from a file is of a flag's type (Optional, Literal, bool, int, float, str)."""
-    origin, arguments = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return value in arguments
-    if origin in (typing.Union, types.UnionType):
-        return any(matches(value, argument) for argument in arguments)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def saved_config(args_class, checkpoint: dict, path: str):
-    """The configuration a checkpoint was made with, as the script's Args, each value of its flag's type."""
-    hints = typing.get_type_hints(args_class)
-    values = {key: value for key, value in checkpoint["config"].items() if key in hints}
-    wrong = [f"{flag(key)} = {value!r}" for key, value in values.items() if not matches(value, hints[key])]
-    if wrong:
-        raise UsageError(f"{path}: its saved configuration holds values of the wrong type: {', '.join(wrong)}")
-    return args_class(**values)
-
-
-def check_same_data(card: dict, checkpoint: dict, path: str):
-    saved = checkpoint.get("task", {}).get("dataset", {})
-    if not saved:
-        raise UsageError(f"--resume: {path} was made by an earlier version that kept no record of its data, so it"
-                         " cannot be checked to continue on the same data; start a new run")
-    for key in ("id", "fingerprint"):
-        if saved.get(key) != card["dataset"][key]:
-            raise UsageError(f"--resume: the data differ from those {path} was trained on (dataset {key}: saved"
-                             f" {saved.get(key)}, now {card['dataset'][key]}); start a new run")
-
-
 # ==============================================================================================
 # Random state and threads
 # ==============================================================================================
@@ -272,19 +141,6 @@ def seed_everything(config):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(config.torch_deterministic)
     torch.backends.cudnn.benchmark = not config.torch_deterministic
-
-
-def rng_state() -> dict:
-    """The generators a run draws from (torch's, CUDA's, Python's), in a form weights_only loads."""
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-
-def set_rng_state(state: dict):
-    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in state["python"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class CompileInterrupted(BaseException):
@@ -304,19 +160,6 @@ def agent_tensors(agent) -> list:
     return tensors
 
 
-def restore(agent, checkpoint: Optional[dict], config, path: str = "the checkpoint"):
-    """An agent, its contract checked (agents.Agent), with its weights, optimisers, step and the random state from a
-    checkpoint. A checkpoint that is data but does not fit (missing keys, other shapes, wrong types) is one line."""
-    agent.check_contract()
-    if checkpoint is not None:
-        try:
-            agent.load_state_dict(checkpoint["agent"])
-            set_rng_state(checkpoint["rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
-            raise UsageError(f"{path} does not fit this configuration ({one_line(error)})") from None
-    return agent
-
-
 def compile_if_it_pays(agent, config, steps_left: int) -> float:
     """--compile: compile the agent when it pays (agents.should_compile); returns when compiling began, or 0."""
     if not should_compile(config.compile, steps_left, torch.device(config.device)):
@@ -325,55 +168,6 @@ def compile_if_it_pays(agent, config, steps_left: int) -> float:
           " the first step takes a while", flush=True)
     agent.compile()
     return time.perf_counter()
-
-
-class CpuThreads:
-    """torch's intra-op threads: N, fixed for the run (the scripts' default is 1); or, with 0, all of them while this
-    process has the CPUs and one while other processes are busy too.
-
-    Two teams of OpenMP threads on the same cores spin at every parallel op, each waiting for a thread the other
-    team holds: two EDP runs side by side on 2 cores each kept 23% of their solo speed with 2 threads, and 89% with
-    one, which alone is 29% slower (benchmark_speed.py, side by side). So: measure, every few seconds, how many
-    cores other processes keep busy (/proc/stat less this process's own CPU time) and choose.
-    """
-
-    def __init__(self, threads: int, interval: float = 2.0):
-        # with 0 the count follows the load, and on CPUs whose kernels split their sums by thread count so do the
-        # numbers (one seed gave 4.532 and 4.421 on an AVX-512 machine); N >= 1 fixes both
-        self.most = threads or torch.get_num_threads()  # torch's default honours OMP_NUM_THREADS
-        torch.set_num_threads(self.most)
-        self.adapt = threads == 0 and self.most > 1 and os.path.exists("/proc/stat")
-        self.interval, self.next_check = interval, time.monotonic() + interval
-        self.last = self.usage() if self.adapt else None
-
-    @staticmethod
-    def usage() -> tuple:
-        """(wall seconds, CPU seconds of the whole machine, of this process)"""
-        with open("/proc/stat") as file:  # cpu user nice system idle iowait irq softirq ...
-            ticks = [int(value) for value in file.readline().split()[1:8]]
-        busy = sum(ticks) - ticks[3] - ticks[4]
-        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-    def tick(self):
-        """Called every training step; costs one clock read except every `interval` seconds."""
-        if not self.adapt or time.monotonic() < self.next_check:
-            return
-        now = self.usage()
-        wall, machine, own = (new - old for new, old in zip(now, self.last))
-        self.last, self.next_check = now, now[0] + self.interval
-        torch.set_num_threads(1 if (machine - own) / wall > 0.5 else self.most)
-
-
-def run_threads(config, checkpoint: Optional[dict]) -> int:
-    """--threads, or the count a resumed run was saved with (the numbers depend on it on some CPUs), else 1."""
-    saved = checkpoint["config"].get("threads") if checkpoint is not None else None
-    saved = saved if isinstance(saved, int) and not isinstance(saved, bool) and saved >= 0 else None
-    if config.threads is None:
-        return 1 if saved is None else saved
-    if saved is not None and config.threads != saved:
-        print(f"note: --threads {config.threads} where the run was saved with {saved}: on CPUs whose kernels depend on"
-              " the thread count, the numbers from here on may differ from a straight run's", file=sys.stderr, flush=True)
-    return config.threads
 
 
 def print_task_card(card: dict):
@@ -456,16 +250,18 @@ class Run:
 
         self.agent = restore(agent, self.checkpoint, self.config, os.path.join(self.run_dir, "checkpoint_last.pt"))
         self.buffer.add(agent.transition_columns(self.data))  # the script's own per-transition fields, if any
-        self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - agent.step)
+        done = int(agent.step_count)
+        self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - done)
         if self.compile_started:
             self.compile_now(agent)
-        self.progress = tqdm(total=self.config.total_steps, initial=agent.step, unit="step", dynamic_ncols=True,
-                             mininterval=1.0)
+        self.progress = tqdm(total=self.config.total_steps, initial=done, unit="step", dynamic_ncols=True, mininterval=1.0,
+                             disable=not sys.stderr.isatty())  # in a log file, log_training writes plain lines
+        self.log_clock = time.perf_counter()
         self.exits.callback(self.progress.close)
         if self.pending is not None:  # a stop cut the evaluation of this step short: it is redone before training on
             self.evaluate(self.pending)
-        elif self.evaluations and self.evaluations[-1]["step"] == agent.step and not self.published():
-            self.publish(agent.step)  # the save after the last evaluation failed part way (full disk): finish it
+        elif self.evaluations and self.evaluations[-1]["step"] == done and not self.published():
+            self.publish(done)  # the save after the last evaluation failed part way (full disk): finish it
         if self.stopping:
             raise Stopped
         return agent
@@ -544,9 +340,13 @@ class Run:
             self.compile_started = 0.0
         if step % self.config.log_every == 0 or self.evaluation_due(step):
             self.check_finite()
-            self.wandb.log({f"train/{key}": (value / self.metric_count).item() for key, value in self.metric_sums.items()},
-                           step=step)
-            self.metric_sums, self.metric_count = {}, 0
+            steps_per_second = self.metric_count / max(time.perf_counter() - self.log_clock, 1e-9)  # evaluations apart
+            self.wandb.log({f"train/{key}": (value / self.metric_count).item() for key, value in self.metric_sums.items()}
+                           | {"train/steps_per_second": steps_per_second}, step=step)
+            if self.progress.disable:  # stderr is a file, not a terminal: a plain line instead of a redrawn bar
+                print(f"step {step:,} of {self.config.total_steps:,}: {steps_per_second:.1f} steps/s", file=sys.stderr,
+                      flush=True)
+            self.metric_sums, self.metric_count, self.log_clock = {}, 0, time.perf_counter()
 
     def evaluate(self, step: int):
         """Energy-based action selection in the evaluation env; then checkpoint_last.pt (and checkpoint_best.pt at
@@ -569,6 +369,7 @@ class Run:
                             f" {result['return']:.1f}, RAT {rat:.1f}, OMS {oms:.1f}")
         self.save("checkpoint_last.pt")  # the checkpoints first, then the summary of them
         self.publish(step)
+        self.log_clock = time.perf_counter()  # training speed is of training steps alone
 
     def publish(self, step: int):
         """checkpoint_best.pt at a new best, then summary.json: the files that follow the checkpoint of an evaluation
@@ -599,7 +400,7 @@ class Run:
                 self.exits.__exit__(error_type, error, traceback)
             else:
                 self.exits.close()
-        step = self.agent.step if self.agent is not None else 0
+        step = int(self.agent.step_count) if self.agent is not None else 0
         if self.stopping:
             print(f"stopped by signal {self.stop_signal[0]} at step {step}; checkpoint saved, continue with"
                   f" --resume --run-dir {self.run_dir}", file=sys.stderr, flush=True)
@@ -650,17 +451,18 @@ def evaluate_only(args, given: set, paper: dict, released: dict, agent_class, al
     compile_if_it_pays(agent, config, 0)  # one evaluation: only --compile on compiles
     folder = os.path.dirname(os.path.abspath(path))
     evaluator = make_evaluator(config, data, statistics, task, os.path.join(folder, "videos"))
+    step = int(agent.step_count)
     try:
-        result = evaluator(agent.act, agent.step, name=f"eval-only-step{agent.step}")
+        result = evaluator(agent.act, step, name=f"eval-only-step{step}")
     finally:
         evaluator.close()
-    print(f"{path} ({config.env}, step {agent.step}): normalized score {result['normalized_score']:.1f}, return"
+    print(f"{path} ({config.env}, step {step}): normalized score {result['normalized_score']:.1f}, return"
           f" {result['return']:.1f} over {config.eval_episodes} episodes", flush=True)
     card = data.card | {"preset": config.preset}
-    report = dict(checkpoint=path, algo=algorithm, env=config.env, step=agent.step, overrides=overrides, result=result,
+    report = dict(checkpoint=path, algo=algorithm, env=config.env, step=step, overrides=overrides, result=result,
                   config=dataclasses.asdict(config), task=card)
     atomic_write(report_path(folder, os.path.splitext(os.path.basename(path))[0]), report)
-    return dict(run_dir=folder, step=agent.step, evaluations=[result], stopped=False, agent=agent)
+    return dict(run_dir=folder, step=step, evaluations=[result], stopped=False, agent=agent)
 
 
 def report_path(folder: str, checkpoint_name: str) -> str:

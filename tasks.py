@@ -22,15 +22,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
-def one_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
-
+from data_checks import LARGEST_VALUE, check_arrays, check_dtype, memory_bytes
+from errors import UsageError, one_line
 
 # ==============================================================================================
 # The 20 tasks of the paper's Table 2, as D4RL defined them
@@ -295,13 +288,6 @@ def check_episode(episode, source: str):
         check_dtype(key, np.asarray(value), f"{source}: episode {episode.id}")
 
 
-def check_dtype(key: str, value: np.ndarray, source: str):
-    """Real numbers; booleans only where a flag belongs (terminals, timeouts, dones)."""
-    if np.iscomplexobj(value) or not (np.issubdtype(value.dtype, np.number) or value.dtype == bool) or (
-            value.dtype == bool and key in ("observations", "next_observations", "actions", "rewards")):
-        raise UsageError(f"{source}: {key} holds {value.dtype}, not {'real ' if value.dtype.kind in 'bc' else ''}numbers")
-
-
 def load_minari(task: Task, config) -> OfflineData:
     check_minari_folder()
     if task.minari_id is None:
@@ -426,38 +412,6 @@ def score_card(task: Task, reference: Optional[tuple]) -> str:
     if reference is None:
         return "the episode return (no reference returns known)"
     return f"100 (R - {reference[0]}) / ({reference[1]} - {reference[0]})"
-
-
-def memory_bytes() -> int:
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-LARGEST_VALUE = 1e9  # no physical observation, action or reward of these tasks comes near; 1e30 squares to inf
-
-
-def check_arrays(arrays: dict, source: str):
-    """Numbers only, one row per transition, the right number of dimensions, no NaN or inf and no absurd magnitudes
-    (said by array and row)."""
-    scalars = [key for key, value in arrays.items() if np.ndim(value) == 0]
-    if scalars:  # an HDF5 scalar dataset where an array belongs
-        raise UsageError(f"{source}: {', '.join(scalars)} is a single value, not an array with a row per transition")
-    n = len(arrays["observations"])
-    if n == 0:
-        raise UsageError(f"{source} holds no transitions")
-    for key, value in arrays.items():
-        check_dtype(key, value, source)
-        matrix = key in ("observations", "next_observations", "actions")
-        if value.shape[:1] != (n,) or value.ndim != 1 + matrix:
-            raise UsageError(f"{source}: {key} has shape {value.shape}; expected {'(N, d)' if matrix else '(N,)'}"
-                             f" with N = {n}, as observations")
-        finite = np.isfinite(value.reshape(n, -1)).all(1)
-        if not finite.all():
-            raise UsageError(f"{source}: {key} holds NaN or inf (row {int(np.flatnonzero(~finite)[0])})")
-        huge = (np.abs(value.reshape(n, -1)) > LARGEST_VALUE).any(1)
-        if huge.any():
-            row = int(np.flatnonzero(huge)[0])
-            raise UsageError(f"{source}: {key} holds values beyond +-{LARGEST_VALUE:g} (row {row}:"
-                             f" {np.abs(value[row]).max():.3g}), far outside any physical quantity of these tasks")
 
 
 def check_spaces(data: OfflineData, env: gym.Env) -> tuple:

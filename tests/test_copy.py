@@ -17,15 +17,15 @@ TINY = ["--env", "edp/pendulum-mixed-v0", "--num-diffusion-steps", "50", "--dpm-
         "--eval-episodes", "2", "--compile", "off", "--wandb-mode", "disabled", "--threads", "1"]
 
 ARGS_AND_DEFAULTS = '''@dataclass
-class Args(shared.LikelihoodArgs):
+class Args(flags.LikelihoodArgs):
     beta: float = 1.0
     """weight exp(beta * (G - V(s))), G the discounted return-to-go"""
     weight_clip: float = 100.0
     """upper clip of the weight"""
 
 
-PAPER = shared.PAPER | shared.LIKELIHOOD_PAPER | {"reward_transform": "none"}
-RELEASED = shared.RELEASED | shared.LIKELIHOOD_RELEASED | {"reward_transform": "none"}
+PAPER = flags.PAPER | flags.LIKELIHOOD_PAPER | {"reward_transform": "none"}
+RELEASED = flags.RELEASED | flags.LIKELIHOOD_RELEASED | {"reward_transform": "none"}
 
 
 '''

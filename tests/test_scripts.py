@@ -37,7 +37,7 @@ def agent_class(script):
 
 def resolve(script, task, **flags):
     """The script's Args with the flags given, filled from its presets for the task."""
-    from config import resolve_config
+    from flags import resolve_config
     from tasks import find_task
 
     module = importlib.import_module(script)
@@ -193,7 +193,7 @@ def poison_losses_after(monkeypatch, script, step):
 
     def poisoned(self, batch):
         metrics = update(self, batch)
-        if self.step > step:
+        if int(self.step_count) > step:
             metrics["critic_loss"] = metrics["critic_loss"] * float("nan")
         return metrics
 
@@ -374,7 +374,7 @@ def test_compile_auto_compiles_long_runs_only_and_falls_back_to_eager_without_a_
     and trains eager, and --compile on is refused in one line."""
     import torch._inductor.config
 
-    import tasks
+    import errors
     from agents import AUTO_COMPILE_STEPS, should_compile
 
     cpu = torch.device("cpu")
@@ -386,7 +386,7 @@ def test_compile_auto_compiles_long_runs_only_and_falls_back_to_eager_without_a_
     assert not should_compile("auto", 1_000_000, cpu)
     warning = capsys.readouterr().out.strip()
     assert warning.startswith("warning: --compile auto: no working C++ compiler") and "\n" not in warning
-    with pytest.raises(tasks.UsageError, match="--compile on: no working C\\+\\+ compiler"):
+    with pytest.raises(errors.UsageError, match="--compile on: no working C\\+\\+ compiler"):
         should_compile("on", 10, cpu)
 
 

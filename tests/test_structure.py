@@ -11,7 +11,8 @@ import test_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = [f"{name}.py" for name in test_scripts.SCRIPTS]  # every edp_*.py, and the copies named in EDP_SCRIPTS
-MODULES = ["diffusion.py", "agents.py", "config.py", "tasks.py", "evaluation.py", "runs.py", "d4rl_files.py"]
+MODULES = ["errors.py", "diffusion.py", "agents.py", "flags.py", "data_checks.py", "tasks.py", "d4rl_files.py", "evaluation.py",
+           "checkpoints.py", "threads.py", "runs.py"]
 
 
 def source(name):

@@ -18,7 +18,8 @@ import torch
 import tyro
 
 from diffusion import check_sampler_args, make_beta_schedule
-from tasks import Task, UsageError
+from errors import UsageError
+from tasks import Task
 
 
 # a flag whose help says its default (set by --preset, or by the run) does not also show tyro's "(default: None)"
