@@ -285,8 +285,8 @@ def reproduce(*flags, timeout=120):
      "may not set --env, --wandb-group, --preset, --resume"),
     (["--script-args=--total-steps 10 --wandb-project 'a b"], "--script-args \"--total-steps 10 --wandb-project 'a b\":"
                                                               " No closing quotation"),
-    (["--domains", "mujoco"], "unknown algorithm or domain: mujoco (algorithms: td3, crr, iql; domains: locomotion,"
-                              " antmaze, adroit, kitchen)"),
+    (["--domains", "mujoco"], "unknown algorithm or domain: mujoco (algorithms: crr, iql, td3, or a script's path;"
+                              " domains: locomotion, antmaze, adroit, kitchen)"),
     (["--tasks", "hoper-medium", "--dry-run"], "unknown task 'hoper-medium'"),
     (["--tasks", "hoper-medium"], "unknown task 'hoper-medium'"),
     (["--seeds", "0", "-1", "--dry-run"], "--seeds must be in 0 .. 2**32 - 1, got 0 -1"),
