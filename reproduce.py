@@ -290,6 +290,9 @@ def fail(message: str):
     sys.exit(2)
 
 
+STOP_GRACE_SECONDS = 300  # a stopped run saves within seconds; after this the sweep kills it (its last checkpoint stays)
+
+
 def execute(command: list, run_dir: str, environment: dict, threads: int, stop_file: str = "") -> dict:
     """One run as a subprocess (its own process and session: signals, memory, a crash stay with it). The sweep
     stops it by creating `stop_file`: the run gets SIGTERM, saves its checkpoint and ends (exit 130). done.json is
@@ -303,7 +306,7 @@ def execute(command: list, run_dir: str, environment: dict, threads: int, stop_f
     with open(os.path.join(run_dir, "reproduce.log"), "a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                    start_new_session=True)  # a Ctrl-C reaches it through the sweep only
-        signalled = False
+        signalled = None  # when the run was sent SIGTERM
         while True:
             try:
                 returncode = process.wait(timeout=0.5)
@@ -312,9 +315,11 @@ def execute(command: list, run_dir: str, environment: dict, threads: int, stop_f
                 stop = bool(stop_file) and os.path.exists(stop_file)
             except KeyboardInterrupt:  # the worker itself was interrupted: the run still saves before it ends
                 stop = True
-            if stop and not signalled:
+            if stop and signalled is None:
                 process.send_signal(signal.SIGTERM)
-                signalled = True
+                signalled = time.time()
+            elif signalled is not None and time.time() > signalled + STOP_GRACE_SECONDS:
+                process.kill()  # a run honours a stop within seconds; one that does not is not waited for forever
     seconds = time.time() - start
     if returncode == 0 and not finished_summary(run_dir):
         returncode = "0 without its last evaluation"
