@@ -72,6 +72,16 @@ def test_a_stop_during_an_evaluation_is_redone_on_resume(stops, straight, datase
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["pending_evaluation"] is None
 
 
+@pytest.mark.parametrize("script", ["edp_crr", "edp_iql"])
+def test_crr_and_iql_redo_an_evaluation_cut_short_too(script, datasets, tmp_path, monkeypatch):
+    flags = ["--env", datasets["pendulum"], "--total-steps", "20", "--eval-every", "10", *QUICK]
+    assert run_main(script, *flags, "--run-dir", str(tmp_path / "straight")) == 0
+    stop_during_evaluations(monkeypatch, 20)
+    assert run_main(script, *flags, "--run-dir", str(tmp_path / "run")) == 130
+    assert run_main(script, *flags, "--run-dir", str(tmp_path / "run"), "--resume") == 0
+    same_files(tmp_path / "run", tmp_path / "straight")
+
+
 @pytest.mark.parametrize("failing", ["summary.json", "checkpoint_best.pt"])
 def test_a_full_disk_at_the_last_save_is_finished_on_resume(failing, straight, datasets, tmp_path, monkeypatch):
     """The last evaluation's checkpoint_last.pt is written, then the disk is full: resume writes what is missing.
