@@ -721,6 +721,8 @@ def main(args: Args):
         print(f"stopped by signal {stop.signals[0]}: every running run saved its checkpoint ({interrupted} runs to"
               f" resume); run the same command again to continue the sweep", file=sys.stderr, flush=True)
         sys.exit(130)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the tables: a stop now simply ends the process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     report(args.out_dir, runs)  # the tables of the runs that finished, even when others failed
     if failed:
         print(f"error: {len(failed)} of {len(runs)} runs failed (see the reproduce.log in their folders)", file=sys.stderr)
