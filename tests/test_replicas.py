@@ -256,10 +256,10 @@ def test_failed_creation_leaves_no_dataset_folder(minari_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(HDF5Storage, "update_episodes", fail)  # after the folder and metadata are written
-    with pytest.raises(RuntimeError, match="disk full"):
-        make_replica("pen-cloned", episodes=1, max_steps=5)
-    assert not os.path.exists(get_dataset_path("D4RL/pen/cloned-v2"))
-    assert "D4RL/pen/cloned-v2" not in minari.list_local_datasets()
+    with pytest.raises(RuntimeError, match="disk full"):  # a dataset the session's replicas do not hold
+        make_replica("kitchen-partial", episodes=1, max_steps=5)
+    assert not os.path.exists(get_dataset_path("D4RL/kitchen/partial-v2"))
+    assert "D4RL/kitchen/partial-v2" not in minari.list_local_datasets()
 
 
 def test_failed_hdf5_leaves_no_file(tmp_path, monkeypatch):
