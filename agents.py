@@ -204,6 +204,21 @@ class Agent:
         """The names of every network and optimiser the agent holds, in the order __init__ set them."""
         return tuple(name for name, value in vars(self).items() if isinstance(value, nn.Module | torch.optim.Optimizer))
 
+    def state_tensors(self) -> list:
+        """Every tensor of the agent's state, as the objects themselves: networks' parameters and buffers, optimisers'
+        state (made now if no step made it yet: the same zeros a first step makes), the step counter."""
+        tensors = [self.step_count]
+        for name in self.checkpointed:
+            part = getattr(self, name)
+            if isinstance(part, torch.optim.Optimizer):
+                if isinstance(part, torch.optim.Adam | torch.optim.AdamW):
+                    init_adam_state(part)
+                tensors += [value for state in part.state.values() for value in state.values()
+                            if isinstance(value, torch.Tensor)]
+            else:
+                tensors += list(part.state_dict(keep_vars=True).values())
+        return tensors
+
     def transition_columns(self, data) -> dict:
         """Extra per-transition fields for every batch, computed once at load from the task's data (tasks.OfflineData:
         raw rewards, dones, episode_starts; one value or row per transition); they go to the device with the rest and

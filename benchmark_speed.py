@@ -75,8 +75,8 @@ class Args:
     """cpu, cuda, or auto"""
     compile: bool = False
     """also time dql_k5, edp_no_ap and edp compiled (as the scripts' --compile), beside the eager rows"""
-    threads: int = 1
-    """the scripts' --threads in the side-by-side figure (1: their default, fixed; 0: adaptive; 2: all cores, fixed)"""
+    threads: int = 0
+    """the scripts' --threads in the side-by-side figure (0: their default, following the load; 1 or 2: fixed)"""
     seed: int = 0
 
 
@@ -278,7 +278,7 @@ def from_workers(queue, workers: list):
                 raise WorkerDied(f"a side-by-side worker died (exit code {dead[0].exitcode}) before giving its result")
 
 
-def side_by_side(seconds: float, threads: int = 1) -> dict:
+def side_by_side(seconds: float, threads: int = 0) -> dict:
     """Per-process EDP update throughput with two processes at once, over one process alone (0.5 = fair sharing
     of the machine; much less means the processes get in each other's way, e.g. spinning thread teams)."""
     import multiprocessing

@@ -136,7 +136,7 @@ class CommonArgs:
     checkpoint: Optional[str] = None
     """checkpoint for --eval-only, e.g. <run-dir>/checkpoint_best.pt"""
     threads: Annotated[Optional[int], DEFAULT_IN_HELP] = None
-    """torch's CPU threads, fixed for the run so that the same seed gives the same numbers whatever else runs (default: 1, or the count a resumed run was saved with); more is faster alone and much slower beside another busy process; 0 adapts to the machine's load (fastest on a shared machine, but the numbers may then depend on the load: README, Speed)"""
+    """torch's CPU threads: 0 uses all cores while the run has them and 1 while other processes are busy, where a check at start finds both counts give this run the same numbers (else 1, fixed); N fixes N (default: 0, or the count a resumed run was saved with; README, Speed)"""
 
 
 @dataclass

@@ -147,19 +147,6 @@ class CompileInterrupted(BaseException):
     """A stop during compilation (Run.compile_now): raised by its signal handler to end the compile at once."""
 
 
-def agent_tensors(agent) -> list:
-    """Every tensor of an agent's state, as the objects themselves: networks' parameters and buffers, optimisers'
-    state, the step counter."""
-    tensors = [agent.step_count]
-    for name in agent.checkpointed:
-        part = getattr(agent, name)
-        if isinstance(part, torch.optim.Optimizer):
-            tensors += [value for state in part.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
-        else:
-            tensors += list(part.state_dict(keep_vars=True).values())
-    return tensors
-
-
 def compile_if_it_pays(agent, config, steps_left: int) -> float:
     """--compile: compile the agent when it pays (agents.should_compile); returns when compiling began, or 0."""
     if not should_compile(config.compile, steps_left, torch.device(config.device)):
@@ -254,6 +241,11 @@ class Run:
         self.compile_started = compile_if_it_pays(agent, self.config, self.config.total_steps - done)
         if self.compile_started:
             self.compile_now(agent)
+        if self.device.type == "cpu":  # --threads 0 adapts only where the count leaves the numbers alone
+            with torch.random.fork_rng(devices=[]):  # the check's batch is not drawn from the run's generator
+                batch = self.buffer.sample(self.config.batch_size)
+            states = self.buffer.tensors["observations"][:self.config.eval_episodes]
+            self.card["cpu_threads"] = self.threads.check(agent, batch, states)
         self.progress = tqdm(total=self.config.total_steps, initial=done, unit="step", dynamic_ncols=True, mininterval=1.0,
                              disable=not sys.stderr.isatty())  # in a log file, log_training writes plain lines
         self.log_clock = time.perf_counter()
@@ -271,7 +263,7 @@ class Run:
         batch of evaluation states; every tensor of the agent and every random generator is put back afterwards, so
         the run computes what it would have without this call. SIGINT / SIGTERM interrupt the compilation (which can
         take minutes) within seconds: the agent is put back as it was and the run ends with its checkpoint."""
-        tensors = agent_tensors(agent)
+        tensors = agent.state_tensors()
         saved, generators, numpy_state = [tensor.detach().clone() for tensor in tensors], rng_state(), np.random.get_state()
 
         compiling = [True]

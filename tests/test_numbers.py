@@ -182,23 +182,61 @@ def test_a_d4rl_file_with_next_observations_drops_the_timeout_rows_as_qlearning_
 
 
 # ---- the same numbers whatever else runs -------------------------------------------------------------------------
-def test_the_thread_count_is_fixed_for_a_run_and_a_resume_repeats_the_saved_one(monkeypatch):
+def test_a_resume_repeats_the_saved_thread_count():
     saved = {"config": {"threads": 2}}
-    assert runs.run_threads(edp_td3.Args(), None) == 1  # the default: one thread, whatever the load
+    assert runs.run_threads(edp_td3.Args(), None) == 0  # the default: all cores or one, where the numbers allow it
     assert runs.run_threads(edp_td3.Args(), saved) == 2
     assert runs.run_threads(edp_td3.Args(threads=3), saved) == 3
-    busy = iter([(0.0, 0.0, 0.0), (10.0, 20.0, 0.5)])  # (wall, machine CPU, own CPU): other processes busy
+
+
+class ThreadSensitiveAgent:
+    """An agent whose update lands on other bits with other thread counts, as EDP's does on some AVX-512 CPUs."""
+
+    def __init__(self):
+        self.weight, self.step_count = torch.zeros(3), torch.zeros((), dtype=torch.long)
+
+    def state_tensors(self):
+        return [self.step_count, self.weight]
+
+    def update(self, batch):
+        self.step_count += 1
+        self.weight += torch.rand(3) + 1e-7 * torch.get_num_threads()
+
+    def act(self, states):
+        return self.weight.expand(len(states), 3)
+
+
+def test_threads_0_keeps_one_fixed_thread_where_the_count_changes_the_numbers(monkeypatch):
+    busy = iter([(0.0, 0.0, 0.0)] + [(10.0 * k, 20.0 * k, 0.5 * k) for k in range(1, 5)])  # others keep the CPUs busy
     monkeypatch.setattr(runs.CpuThreads, "usage", staticmethod(lambda: next(busy)))
+    agent, states = ThreadSensitiveAgent(), torch.zeros(4, 3)
     torch.set_num_threads(2)
     try:
-        threads = runs.CpuThreads(runs.run_threads(edp_td3.Args(), None), interval=0.0)
+        threads = runs.CpuThreads(0, interval=0.0)
+        generator = torch.get_rng_state()
+        card = threads.check(agent, {}, states)
+        assert card.startswith("1, fixed") and not threads.adapt and torch.get_num_threads() == 1
+        assert torch.equal(torch.get_rng_state(), generator) and agent.weight.sum() == 0 and agent.step_count == 0
         threads.tick()
-        assert torch.get_num_threads() == 1 and not threads.adapt
-        fixed = runs.CpuThreads(2, interval=0.0)
-        fixed.tick()
-        assert torch.get_num_threads() == 2  # a fixed count never follows the load
+        assert torch.get_num_threads() == 1  # and it stays so
     finally:
         torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("script", [edp_td3, edp_iql])
+def test_the_thread_check_puts_the_agent_and_the_generator_back(script):
+    torch.manual_seed(0)
+    config = resolve(script.__name__, "edp/pendulum-mixed-v0", num_diffusion_steps=50, dpm_steps=3, eas_samples=2)
+    agent = {edp_td3: edp_td3.EDPTD3, edp_iql: edp_iql.EDPIQL}[script](3, 1, config, torch.device("cpu"))
+    batch = dict(observations=torch.randn(8, 3), actions=torch.rand(8, 1) * 2 - 1, rewards=torch.randn(8, 1),
+                 next_observations=torch.randn(8, 3), dones=torch.zeros(8, 1))
+    states, before = torch.randn(2, 3), [tensor.clone() for tensor in agent.state_tensors()]
+    generator, threads = torch.get_rng_state(), torch.get_num_threads()
+    from threads import thread_count_changes_numbers
+
+    assert thread_count_changes_numbers(agent, batch, states, 2) in (True, False)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.state_tensors()))
+    assert torch.equal(torch.get_rng_state(), generator) and torch.get_num_threads() == threads
 
 
 def evaluations_of(run_dir) -> list:
@@ -223,4 +261,5 @@ def test_the_same_command_gives_the_same_numbers_alone_and_beside_a_busy_process
     alone = evaluations_of(tmp_path / "alone")
     assert len(alone) == 2
     assert evaluations_of(tmp_path / "busy") == alone and evaluations_of(tmp_path / "resumed") == alone
-    assert json.loads((tmp_path / "busy" / "summary.json").read_text())["config"]["threads"] == 1
+    summary = json.loads((tmp_path / "busy" / "summary.json").read_text())
+    assert summary["config"]["threads"] == 0 and summary["task"]["cpu_threads"]  # the check's outcome is recorded
