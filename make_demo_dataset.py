@@ -58,6 +58,8 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
+from errors import UsageError
+
 DATASET_IDS = {"pendulum": "edp/pendulum-mixed-v0", "pointmaze": "edp/pointmaze-umaze-v0", "modes": "edp/modes-v0"}
 
 
@@ -190,20 +192,25 @@ def reference_score(kind: str, env: gym.Env, act, episodes: int, seed: int) -> f
 AUTHOR = "EDP reference implementation (make_demo_dataset.py)"  # marks the datasets this file wrote
 
 
-class Refused(Exception):
+class Refused(UsageError):
     """Bad input, or a file this script did not make in the way: one line, exit code 2, nothing touched."""
 
 
-def datasets_root() -> str:
-    """The Minari datasets folder ($MINARI_DATASETS_PATH, else ~/.minari/datasets), made if need be and writable;
-    Refused (one line) if it is a file or cannot be written."""
+def datasets_root(writable: bool = True) -> str:
+    """The Minari datasets folder ($MINARI_DATASETS_PATH, else ~/.minari/datasets), made if need be (Minari makes it at
+    every look-up, with a traceback when it cannot) and, if asked, writable; one line (Refused) when it is not."""
     root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
-    where = "MINARI_DATASETS_PATH" if os.environ.get("MINARI_DATASETS_PATH") else "the default (~/.minari/datasets)"
+    where = "MINARI_DATASETS_PATH" if os.environ.get("MINARI_DATASETS_PATH") else "Minari's default folder"
     if os.path.exists(root) and not os.path.isdir(root):
         raise Refused(f"the Minari datasets folder {root} ({where}) is a file, not a folder")
     try:
         os.makedirs(root, exist_ok=True)
-        tempfile.TemporaryFile(dir=root).close()
+    except OSError as error:
+        raise Refused(f"the Minari datasets folder {root} ({where}) cannot be made ({error.strerror or error}); set"
+                      " MINARI_DATASETS_PATH to a folder that exists or can be made") from None
+    try:
+        if writable:
+            tempfile.TemporaryFile(dir=root).close()
     except OSError as error:
         raise Refused(f"cannot write to the Minari datasets folder {root} ({where}: {error.strerror or error}); set"
                       " MINARI_DATASETS_PATH to a writable folder") from None

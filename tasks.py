@@ -262,19 +262,6 @@ def antmaze_relabel(achieved_goals: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return np.linalg.norm(achieved_goals[1:] - goal, axis=-1) <= ANTMAZE_RELABEL_RADIUS
 
 
-def check_minari_folder():
-    """The Minari datasets folder can be made (Minari makes it at every look-up, a traceback when it cannot)."""
-    root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
-    where = "MINARI_DATASETS_PATH" if os.environ.get("MINARI_DATASETS_PATH") else "Minari's default folder"
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"the Minari datasets folder {root} ({where}) is a file, not a folder")
-    try:
-        os.makedirs(root, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"the Minari datasets folder {root} ({where}) cannot be made ({error.strerror or error}); set"
-                         " MINARI_DATASETS_PATH to a folder that exists or can be made") from None
-
-
 def check_episode(episode, source: str):
     """One Minari episode: observations one row longer than actions, rewards and terminations (per episode, not only
     in total: a row short here and a row long there would shift every transition), of real numbers."""
@@ -289,7 +276,9 @@ def check_episode(episode, source: str):
 
 
 def load_minari(task: Task, config) -> OfflineData:
-    check_minari_folder()
+    import make_demo_dataset  # where Minari keeps datasets, and the demos made on first use
+
+    make_demo_dataset.datasets_root(writable=False)  # a file or an unmakeable folder: one line, not Minari's traceback
     if task.minari_id is None:
         raise UsageError(f"Minari holds no copy of D4RL's {task.name}-v2; download the original HDF5 file (D4RL) and"
                          " pass --dataset-path")
