@@ -529,16 +529,19 @@ def test_a_stop_during_a_very_long_evaluation_ends_the_run_within_seconds(datase
     assert checkpoint["agent"]["step"] >= 5 and checkpoint["evaluations"] == []
 
 
-def test_ctrl_c_during_start_up_is_one_line(datasets, tmp_path):
-    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir", str(tmp_path / "run"), *TINY]
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_start_up_is_one_line_and_leaves_nothing(datasets, tmp_path, signum):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir", str(run_dir), *TINY]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # the configuration is printed before the data are read
         if line.startswith("edp_td3 configuration"):
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "stopped during start-up; no checkpoint was written"
+    assert not run_dir.exists()
 
 
 # -- make_demo_dataset.py never destroys what it did not make ------------------------------------------------

@@ -418,19 +418,6 @@ def test_a_horizon_other_than_d4rls_is_said(replicas, tmp_path, capsys):
     assert len(warnings) == 1 and "D4RL evaluates pen-human over 100 steps" in warnings[0], warnings
 
 
-def test_sigterm_during_start_up_leaves_nothing(datasets, tmp_path):
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "edp_td3.py", "--env", datasets["pendulum"], "--run-dir", str(run_dir), *QUICK]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:  # the configuration is printed before the data are read
-        if line.startswith("edp_td3 configuration"):
-            break
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr
-    assert not run_dir.exists()
-
-
 def test_a_sweep_marks_a_run_done_only_once_its_last_evaluation_is_in_its_summary(tmp_path):
     """A run that exits 0 without its last evaluation in summary.json (e.g. a resume that skipped it) is not done."""
     import json
