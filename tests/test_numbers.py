@@ -234,7 +234,7 @@ def test_the_thread_check_puts_the_agent_and_the_generator_back(script):
     generator, threads = torch.get_rng_state(), torch.get_num_threads()
     from threads import thread_count_changes_numbers
 
-    assert thread_count_changes_numbers(agent, batch, states, 2) in (True, False)
+    thread_count_changes_numbers(agent, batch, states, 2)  # its answer is the CPU's; what it leaves behind is checked
     assert all(torch.equal(a, b) for a, b in zip(before, agent.state_tensors()))
     assert torch.equal(torch.get_rng_state(), generator) and torch.get_num_threads() == threads
 
